@@ -1,0 +1,200 @@
+"""The `evalkit` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Evaluate code and math models on HumanEval, MBPP, CRUXEval, Spider, MATH, GSM8K, MMLU and AIME 2024.\n\n"
+    "Generated code runs only inside a Docker sandbox. Every setting that moves a score is recorded in "
+    "the run folder's results.json.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+sandbox_app = typer.Typer(help="Build and check the Docker sandbox that runs generated code.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from evalkit.backends import BackendError
+    from evalkit.sandbox import SandboxError
+    from evalkit.store import RunStoreError
+    from evalkit.tasks import TaskError
+
+    errors: list[type[BaseException]] = [BackendError, SandboxError, RunStoreError, TaskError]
+    try:
+        from evalkit.models.checkpoint import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Option(help="`reference` (canonical solutions: the harness self-check), "
+                                            "`replay:FILE.jsonl` (completions made elsewhere), a model name "
+                                            "(codestral-mamba, mistral-7b, mathstral, ...) or a checkpoint folder.")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated task names; `evalkit tasks` lists them.")],
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N problems of each task.")] = None,
+    samples: Annotated[int, typer.Option(help="Samples per problem (pass@k is reported for k <= samples).")] = 1,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Run seed; each sample's seed derives from it, the problem and the "
+                                           "sample index, so resumed runs draw the same samples.")] = 1234,
+    max_tokens: Annotated[int | None, typer.Option(help="Override each task's generation length limit.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Task prompt variant, where a task has several "
+                                                    "(e.g. `boxed` for math, `zero-shot` for mbpp).")] = None,
+    output_dir: Annotated[Path, typer.Option(help="Where run folders are created.")] = Path("results/runs"),
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder: finished samples are "
+                                                     "neither regenerated nor re-executed.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Local benchmark mirror (default: $EVALKIT_DATA_DIR; "
+                                                      "without one, data comes from the Hugging Face hub).")] = None,
+    hub: Annotated[bool, typer.Option(help="Load data from the Hugging Face hub even where a package "
+                                           "bundles a copy (HumanEval).")] = False,
+    dataset_revision: Annotated[str | None, typer.Option(help="Pin the hub dataset revision.")] = None,
+    spider_db_dir: Annotated[Path | None, typer.Option(help="Folder with database/<db_id>/<db_id>.sqlite "
+                                                            "(the official Spider download).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Problems per backend call.")] = 8,
+    dtype: Annotated[str | None, typer.Option(help="Native models: float32 or bfloat16.")] = None,
+    device: Annotated[str | None, typer.Option(help="Native models: cpu or cuda.")] = None,
+    sandbox_workers: Annotated[int | None, typer.Option(help="Sandbox containers (default: CPU count).")] = None,
+    unsafe_local_execution: Annotated[bool, typer.Option(
+        "--unsafe-local-execution",
+        help="Run generated code on this machine WITHOUT a sandbox. Only for completions you trust.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Evaluate a model on tasks and write a run folder (results.json, samples.jsonl)."""
+    from evalkit.data import DataConfig
+    from evalkit.requests import SamplingParams
+    from evalkit.runner import RunInterrupted, RunOptions, run_evaluation
+
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not task_list:
+        fail("--tasks is empty; `evalkit tasks` lists the available tasks")
+    if samples < 1:
+        fail("--samples must be at least 1")
+    if temperature == 0.0 and samples > 1 and not model.startswith(("replay:", "reference")):
+        typer.secho("warning: --samples > 1 at temperature 0 draws identical greedy samples", err=True)
+    try:
+        opts = RunOptions(
+            model=model, tasks=task_list, limit=limit, output_dir=output_dir, resume=resume,
+            sampling=SamplingParams(n=samples, temperature=temperature, top_p=top_p, seed=seed),
+            data=DataConfig.from_options(data_dir, hub=hub, revision=dataset_revision, spider_db_dir=spider_db_dir),
+            batch_size=batch_size, max_tokens=max_tokens, unsafe_local=unsafe_local_execution,
+            sandbox_workers=sandbox_workers, task_options={"prompt_variant": prompt},
+            backend_options={k: v for k, v in {"dtype": dtype, "device": device, "batch_size": batch_size}.items()
+                             if v is not None and not model.startswith(("replay:", "reference"))},
+        )
+        path, results = run_evaluation(opts, progress=progress, log=lambda m: typer.echo(m, err=True))
+    except RunInterrupted as e:
+        typer.secho(f"\ninterrupted ({type(e.cause).__name__}: {e.cause}). Finished samples are saved in {e.path}; "
+                    f"continue with the same command plus --resume {e.path}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130 if isinstance(e.cause, KeyboardInterrupt) else 1) from None
+    except _known_errors() as e:
+        fail(str(e))
+    typer.echo(format_results(results))
+    typer.echo(f"\nwrote {path / 'results.json'} and {path / 'samples.jsonl'}")
+
+
+def format_results(results: dict) -> str:
+    rows = [("task", "metric", "value", "stderr", "n", "verdicts")]
+    for task, info in results["tasks"].items():
+        verdicts = " ".join(f"{k}={v}" for k, v in info.get("verdicts", {}).items())
+        for metric, value in info["metrics"].items():
+            se = info.get("stderr", {}).get(metric)
+            rows.append((task, metric, f"{value:.4f}", "" if se is None else f"±{se:.4f}", str(info["n"]), verdicts))
+            verdicts = ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@app.command("tasks")
+def list_tasks() -> None:
+    """List the available tasks."""
+    from evalkit.tasks import _REGISTRY, broken_task_modules, task_names
+
+    for name in task_names():
+        doc = (sys.modules[_REGISTRY[name].__module__].__doc__ or "").strip().splitlines()
+        typer.echo(f"{name:24s} {doc[0] if doc else ''}")
+    for module, why in broken_task_modules().items():
+        typer.secho(f"warning: task module tasks/{module}.py failed to import: {why}", fg=typer.colors.YELLOW, err=True)
+
+
+@sandbox_app.command("build")
+def sandbox_build(
+    dockerfile: Annotated[bool, typer.Option(help="Build from sandbox/Dockerfile (needs a registry).")] = False,
+    mirror: Annotated[str | None, typer.Option(help="Debian mirror for the offline build.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if an image from this recipe exists.")] = False,
+) -> None:
+    """Build the sandbox image: offline from Debian packages (default) or from the Dockerfile."""
+    from evalkit.sandbox import SandboxError
+    from evalkit.sandbox.image import build_image, image_tag
+
+    tag = image_tag()
+    typer.echo(f"building {tag} ({'Dockerfile' if dockerfile else 'offline: debootstrap + chroot apt-get'})")
+    try:
+        build_image(tag, use_dockerfile=dockerfile, mirror=mirror, force=force)
+    except SandboxError as e:
+        fail(str(e))
+    typer.echo(f"sandbox image ready: {tag}")
+
+
+@sandbox_app.command("check")
+def sandbox_check() -> None:
+    """Report whether the engine, the image and each language toolchain work inside the sandbox."""
+    from evalkit.sandbox import Program, SandboxError, open_sandbox
+    from evalkit.sandbox.image import image_tag
+
+    probes = {
+        "python": ({"t.py": "print(6*7)"}, (("python3", "t.py"),)),
+        "c++": ({"t.cpp": "#include <cstdio>\nint main(){std::printf(\"%d\\n\",6*7);}"},
+                (("g++", "-std=c++17", "-o", "t", "t.cpp"), ("./t",))),
+        "java": ({"Main.java": "public class Main{public static void main(String[] a){System.out.println(6*7);}}"},
+                 (("javac", "Main.java"), ("java", "-ea", "Main"))),
+        "javascript": ({"t.js": "console.log(6*7)"}, (("node", "t.js"),)),
+        "bash": ({"t.sh": "echo $((6*7))"}, (("bash", "t.sh"),)),
+        "sqlite3": ({}, (("sqlite3", ":memory:", "select 6*7;"),)),
+        "go": ({"t.go": "package main\nimport \"fmt\"\nfunc main(){fmt.Println(6*7)}"}, (("go", "run", "t.go"),)),
+        "rust": ({"t.rs": "fn main(){println!(\"{}\", 6*7);}"}, (("rustc", "-o", "t", "t.rs"), ("./t",))),
+    }
+    typer.echo(f"image: {image_tag()}")
+    try:
+        sandbox = open_sandbox(workers=1)
+    except SandboxError as e:
+        fail(str(e))
+    broken = 0
+    with sandbox:
+        for lang, (files, commands) in probes.items():
+            ex = sandbox.run(Program(files, commands, timeout=60, memory_mb=None))
+            good = ex.ok and ex.stdout.strip() == "42"
+            broken += not good
+            why = (ex.detail + " " + ex.stderr)[-200:].strip()
+            status = "ok" if good else f"MISSING or broken ({ex.status}: {why})"
+            typer.echo(f"  {lang:11s} {status}")
+        hostile = sandbox.run(Program({"t.py": "import socket; socket.create_connection(('1.1.1.1', 53), 3)"},
+                                      (("python3", "t.py"),), timeout=10))
+        isolated = not hostile.ok
+        typer.echo(f"  {'network':11s} {'blocked' if isolated else 'REACHABLE: the sandbox is not isolated'}")
+    if broken or not isolated:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

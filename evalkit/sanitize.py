@@ -1,0 +1,37 @@
+"""Sanitizers: keep the code a completion needs, drop what a model wrote after it."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from evalkit.backends.base import truncate_at_stop
+
+FENCE = re.compile(r"^\s*```")
+
+
+def sanitize_python_completion(prompt: str, completion: str, stop: tuple[str, ...]) -> str:
+    """Cut at stop sequences and markdown fences, then drop trailing lines that break the syntax.
+
+    A model cut off by max_tokens mid-statement would otherwise fail on a SyntaxError in code it was
+    not going to run; trimming back to the last complete statement is what evalplus does as well.
+    """
+    text = truncate_at_stop(completion, stop)
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if FENCE.match(line):
+            lines = lines[:i]
+            break
+    while lines and not _parses(prompt + "\n".join(lines)):
+        lines.pop()
+    if not lines:  # nothing parses: keep the text, so the error message shows what the model wrote
+        return text
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return True

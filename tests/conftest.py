@@ -1,0 +1,23 @@
+"""Shared fixtures: the benchmark mirror beside the repo, and whether a Docker sandbox is available."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "datasets"
+
+# Tests read the shared mirror and never touch the network.
+os.environ.setdefault("EVALKIT_DATA_DIR", str(SHARED_DATA))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"benchmark mirror {SHARED_DATA} is missing: tests read the shared datasets beside the repo")
+    return SHARED_DATA
