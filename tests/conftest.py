@@ -21,3 +21,18 @@ def data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"benchmark mirror {SHARED_DATA} is missing: tests read the shared datasets beside the repo")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """A Docker sandbox pool shared by the session. Skips only outside CI when no engine or image exists."""
+    from evalkit.sandbox import SandboxError, open_sandbox
+
+    try:
+        pool = open_sandbox(workers=2)
+    except SandboxError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the Docker sandbox: {e}")
+        pytest.skip(f"no Docker sandbox: {e}")
+    yield pool
+    pool.close()
