@@ -192,6 +192,81 @@ def sandbox_check() -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (each with results.json), one row each.",
+                                                   show_default=False)],
+    out: Annotated[Path, typer.Option(help="Report file: .md (plots written beside it in NAME_files/) or "
+                                           ".html (one self-contained page, plots embedded).")],
+    bench: Annotated[Path | None, typer.Option(help="Folder written by `evalkit bench`: adds its throughput, "
+                                                    "latency and memory curves.")] = None,
+) -> None:
+    """Leaderboard of runs: models as rows, task metrics (± stderr) as columns, differing settings flagged."""
+    from evalkit.report import write_report
+    from evalkit.store import RunStoreError
+
+    try:
+        path = write_report(run_dirs, out, bench)
+    except (RunStoreError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Run folder A (the reference side).", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Run folder B; deltas are B - A.", show_default=False)],
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks (default: all tasks in both).")] = None,
+    max_listed: Annotated[int | None, typer.Option(help="List at most this many flipped samples per kind.")] = None,
+) -> None:
+    """Per-task metric deltas between two runs, and which problems (samples) flipped between pass and fail."""
+    from evalkit.compare import compare_runs, format_comparison, load_run
+    from evalkit.store import RunStoreError
+
+    try:
+        comparison = compare_runs(load_run(a), load_run(b), _task_list(tasks))
+    except RunStoreError as e:
+        fail(str(e))
+    typer.echo(format_comparison(comparison, max_listed))
+
+
+@app.command()
+def gate(
+    baseline: Annotated[Path, typer.Argument(help="Baseline run folder (e.g. under results/baselines/).",
+                                             show_default=False)],
+    candidate: Annotated[Path, typer.Argument(help="Candidate run folder.", show_default=False)],
+    max_drop: Annotated[float, typer.Option(help="Tolerated drop in percentage points: a metric whose drop "
+                                                 "(baseline - candidate, x100) is at most this never fails; a "
+                                                 "larger drop fails only if the paired test is significant.")] = 1.0,
+    confidence: Annotated[float, typer.Option(help="Confidence of the one-sided paired test: FAIL needs "
+                                                   "p < 1 - confidence.")] = 0.95,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks to gate (default: all; then both runs "
+                                                   "must have the same task set).")] = None,
+) -> None:
+    """CI regression gate: exit 0 if the candidate is not significantly worse than the baseline, 1 if it is,
+    2 if the runs are not comparable (dataset, prompt, sampling, problems or task set differ).
+
+    Tests: exact McNemar on flipped problems (1 sample each); paired bootstrap otherwise. See docs/ci-gate.md.
+    """
+    from evalkit.compare import load_run
+    from evalkit.gate import IncomparableRuns, format_gate, gate_runs
+    from evalkit.store import RunStoreError
+    from evalkit.tasks import TaskError
+
+    try:
+        result = gate_runs(load_run(baseline), load_run(candidate), max_drop, confidence, _task_list(tasks))
+    except IncomparableRuns as e:
+        fail(f"cannot gate {candidate} against {baseline}: {e}")
+    except (RunStoreError, TaskError, ValueError) as e:
+        fail(str(e))
+    typer.echo(format_gate(result))
+    raise typer.Exit(1 if result.failed else 0)
+
+
+def _task_list(tasks: str | None) -> list[str] | None:
+    return None if tasks is None else [t.strip() for t in tasks.split(",") if t.strip()]
+
+
 def main() -> None:  # pragma: no cover
     app()
 
