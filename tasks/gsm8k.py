@@ -1,0 +1,85 @@
+"""GSM8K (1319 test problems): 8-shot chain of thought, greedy; strict-match and flexible-extract scores."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from evalkit.answer_extraction import gsm8k_flexible_answer, gsm8k_strict_answer, parse_number
+from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
+from evalkit.metrics import accuracy_metrics
+from evalkit.requests import GenerationRequest, SamplingParams
+from evalkit.tasks import Scored, Task, TaskError, register
+from tasks import _prompts
+
+EXTRACTORS = {"strict_match": gsm8k_strict_answer, "flexible_extract": gsm8k_flexible_answer}
+_CALCULATOR_RE = re.compile(r"<<[^>]*>>")  # the dataset's calculator annotations, <<48/2=24>>
+
+
+def same_number(a: str | None, b: str | None) -> bool:
+    """Numeric equality after removing commas, `$` and a trailing period ("1,000." == "1000")."""
+    x, y = (parse_number(a) if a else None), (parse_number(b) if b else None)
+    return x is not None and y is not None and abs(x - y) <= 1e-9 * max(1.0, abs(x))
+
+
+def reference_completion(answer: str) -> str:
+    """The dataset's worked answer as the exemplars write it: plain reasoning, then "The answer is N."."""
+    reasoning, final = answer.rsplit("####", 1)
+    lines = [line.strip() for line in _CALCULATOR_RE.sub("", reasoning).splitlines() if line.strip()]
+    return " " + " ".join(lines + [f"The answer is {final.strip()}."])
+
+
+@register("gsm8k")
+class GSM8K(Task):
+    name = "gsm8k"
+    def docs(self) -> list[dict]:
+        path = self.data.local("gsm8k/test.jsonl")
+        if path is None:
+            rows, self.provenance = hub_rows("openai/gsm8k", "test", "main", self.data.revision)
+        else:
+            rows = [row for _, row in read_jsonl(path)]
+            self.provenance = file_provenance(path)
+        docs = []
+        for i, row in enumerate(rows):
+            require_fields(row, ("question", "answer"), f"gsm8k row {i}")
+            if "####" not in row["answer"] or parse_number(row["answer"].split("####")[-1]) is None:
+                raise TaskError(f"gsm8k row {i}: the answer does not end in '#### <number>'")
+            docs.append({"task_id": f"gsm8k/{i}", "question": row["question"], "solution": row["answer"],
+                         "answer": row["answer"].split("####")[-1].strip()})
+        return docs
+
+    def request(self, doc: dict) -> GenerationRequest:
+        return GenerationRequest(doc["task_id"], _prompts.gsm8k_cot_prompt(doc["question"]), _prompts.GSM8K_COT_STOP,
+                                 self.default_max_tokens, reference=reference_completion(doc["solution"]))
+
+    def score(self, doc: dict, output: str, sandbox=None) -> Scored:
+        extra: dict = {"gold": doc["answer"]}
+        for name, extract in EXTRACTORS.items():
+            answer = extract(output)
+            extra[name] = {"answer": answer, "passed": same_number(answer, doc["answer"])}
+        strict = extra["strict_match"]
+        # The record's verdict is strict-match; flexible-extract is reported beside it from `extra`.
+        return Scored("passed" if strict["passed"] else "failed", answer=strict["answer"], extra=extra)
+
+    def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
+        out: dict = {"metrics": {}, "stderr": {}, "stderr_method": {}}
+        for name in EXTRACTORS:
+            part = accuracy_metrics(records, sampling.n, name, lambda r, k=name: bool(r["extra"][k]["passed"]),
+                                    lambda r, k=name: r["extra"][k]["answer"], same_number)
+            for key in out:
+                out[key].update(part[key])
+        return out
+
+    def settings(self) -> dict:
+        return {
+            "prompt": "8-shot chain of thought: 'Q: ...\\nA: ... The answer is N.' blocks, then 'Q: {question}\\nA:'",
+            "shots": len(_prompts.GSM8K_COT_EXEMPLARS),
+            "prompt_source": _prompts.GSM8K_COT_SOURCE,
+            "stop": list(_prompts.GSM8K_COT_STOP),
+            "max_tokens": self.default_max_tokens,
+            "decoding": "greedy (temperature 0) for the published setting",
+            "extraction": {"strict_match": "first 'The answer is N' or '#### N'",
+                           "flexible_extract": "last number in the completion"},
+            "checker": "numeric equality after removing commas, '$' and a trailing period",
+            "verdict": "strict_match (flexible_extract is in each record's extra)",
+        }
