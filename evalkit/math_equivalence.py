@@ -136,10 +136,13 @@ class SymbolicChecker:
             if self._proc is None or self._proc.poll() is not None:
                 self._proc = self._start()
             started = time.monotonic()
-            self._proc.stdin.write(json.dumps({"gold": gold, "pred": pred}) + "\n")
-            self._proc.stdin.flush()
-            line = self._read_line(self._proc, self.timeout_s)
-            if line is None:  # over time (or the worker died): replace the worker
+            try:
+                self._proc.stdin.write(json.dumps({"gold": gold, "pred": pred}) + "\n")
+                self._proc.stdin.flush()
+                line = self._read_line(self._proc, self.timeout_s)
+            except OSError:  # the worker died under us (e.g. killed for memory)
+                line = None
+            if line is None:  # over time, or the worker died: replace the worker
                 timed_out = time.monotonic() - started >= self.timeout_s * 0.99
                 self._kill(self._proc)
                 self._proc = None
