@@ -20,6 +20,12 @@ from evalkit.models.mistral import KVCache, Mistral, MistralConfig, load_mistral
 
 transformers = pytest.importorskip("transformers")
 
+
+def load(path: Path, dtype: torch.dtype | None = None) -> Mistral:
+    """The model on the CPU, next to the oracle, even where CUDA is present."""
+    return load_mistral(path, dtype=dtype, device="cpu")
+
+
 VOCAB = 97
 WINDOW = 16
 SEQ = 100  # > 6 windows
@@ -205,7 +211,7 @@ def test_oracle_really_is_windowed(swa, ids):
 @torch.no_grad()
 def test_logits_match_transformers(fmt, variant, swa, full, ids, query_block):
     hf, hf_dir, native_dir = swa if variant == "swa" else full
-    model = load_mistral(hf_dir if fmt == "hf" else native_dir)
+    model = load(hf_dir if fmt == "hf" else native_dir)
     assert model.config.sliding_window == hf.config.sliding_window
     assert model.config.rope_theta == hf.config.rope_parameters["rope_theta"]
     ref = hf(ids).logits
@@ -230,7 +236,7 @@ def test_sharded_hf_checkpoint(swa, ids, tmp_path):
     hf, _, _ = swa
     hf.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
-    model = load_mistral(tmp_path)
+    model = load(tmp_path)
     assert (model(ids) - hf(ids).logits).abs().max() < ATOL
 
 
@@ -242,7 +248,7 @@ def test_sharded_hf_checkpoint(swa, ids, tmp_path):
 def test_chunked_prefill_matches_one_shot(variant, swa, full, ids, query_block):
     """Chunks shorter and longer than W, single tokens, all after a non-empty cache."""
     _, hf_dir, _ = swa if variant == "swa" else full
-    model = load_mistral(hf_dir)
+    model = load(hf_dir)
     one_shot = model(ids)
     cache = model.new_cache(ids.shape[0])
     pieces, start = [], 0
@@ -252,13 +258,18 @@ def test_chunked_prefill_matches_one_shot(variant, swa, full, ids, query_block):
     assert start == SEQ
     assert (torch.cat(pieces, dim=1) - one_shot).abs().max() < 1e-5
     assert cache.lengths.tolist() == [SEQ] * 3
+    # last_only computes just the next-token logits, the same numbers.
+    assert (model(ids, last_only=True) - one_shot[:, -1:]).abs().max() < 1e-5
+    cache = model.new_cache(ids.shape[0])
+    model.forward_cached(ids[:, :40], cache)
+    assert (model.forward_cached(ids[:, 40:], cache, last_only=True) - one_shot[:, -1:]).abs().max() < 1e-5
 
 
 @torch.no_grad()
 def test_cache_holds_window_positions_only(swa):
     """After 10 x W tokens, by a long prefill then decode steps, each layer holds exactly W positions."""
     _, hf_dir, _ = swa
-    model = load_mistral(hf_dir)
+    model = load(hf_dir)
     c = model.config
     tokens = torch.randint(0, VOCAB, (2, 10 * WINDOW), generator=torch.Generator().manual_seed(5))
     cache = model.new_cache(2)
@@ -276,7 +287,7 @@ def test_cache_holds_window_positions_only(swa):
 @torch.no_grad()
 def test_cache_without_window_grows_with_context(full):
     _, hf_dir, _ = full
-    model = load_mistral(hf_dir)
+    model = load(hf_dir)
     cache = model.new_cache(1)
     model.forward_cached(torch.zeros(1, 300, dtype=torch.long), cache)
     assert cache.slots >= 300
@@ -290,7 +301,7 @@ def test_cache_without_window_grows_with_context(full):
 def test_greedy_generation_matches_transformers(fmt, swa):
     """64 greedy tokens after a 20-token prompt cross the 16-token window several times."""
     hf, hf_dir, native_dir = swa
-    model = load_mistral(hf_dir if fmt == "hf" else native_dir)
+    model = load(hf_dir if fmt == "hf" else native_dir)
     prompt = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(7))
     ref = hf_greedy(hf, prompt, 64)
     got = greedy(model, prompt, 64)
@@ -302,7 +313,7 @@ def test_greedy_generation_matches_transformers(fmt, swa):
 def test_stacked_caches_of_different_lengths(swa):
     """Prompts prefilled one by one, merged into one batch, decode as if each ran alone; rows can leave."""
     hf, hf_dir, _ = swa
-    model = load_mistral(hf_dir)
+    model = load(hf_dir)
     gen = torch.Generator().manual_seed(11)
     prompts = [torch.randint(0, VOCAB, (1, n), generator=gen) for n in (5, 23, 40)]
     refs = [hf_greedy(hf, p, 30)[0].tolist() for p in prompts]
@@ -338,11 +349,10 @@ def test_stacked_caches_of_different_lengths(swa):
 def test_bf16_close_to_fp32(swa, ids):
     """bf16 weights and activations: logits within 5% of the fp32 logits' range (measured ~1%)."""
     _, hf_dir, _ = swa
-    fp32 = load_mistral(hf_dir)(ids)
-    model = load_mistral(hf_dir, dtype=torch.bfloat16)
+    fp32 = load(hf_dir)(ids)
+    model = load(hf_dir, dtype=torch.bfloat16)
     assert model.tok_embeddings.weight.dtype == torch.bfloat16
     bf16 = model(ids)
-    assert bf16.dtype == torch.bfloat16
     err = (bf16.float() - fp32).abs().max() / fp32.abs().max()
     assert err < 0.05
     # The decode path in bf16 agrees with the bf16 full forward to the same tolerance.
@@ -356,10 +366,10 @@ def test_bf16_close_to_fp32(swa, ids):
 @torch.no_grad()
 def test_cuda_matches_cpu(swa, ids):
     _, hf_dir, _ = swa
-    cpu = load_mistral(hf_dir)(ids)
+    cpu = load(hf_dir)(ids)
     model = load_mistral(hf_dir, device="cuda")
     assert (model(ids.cuda()).cpu() - cpu).abs().max() < 1e-3
-    assert greedy(model, ids[:, :20].cuda(), 40).tolist() == greedy(load_mistral(hf_dir), ids[:, :20], 40).tolist()
+    assert greedy(model, ids[:, :20].cuda(), 40).tolist() == greedy(load(hf_dir), ids[:, :20], 40).tolist()
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -407,7 +417,7 @@ def test_native_without_rope_theta_loads_as_mistral_v01(tmp_path, ids):
     """A params.json like Mistral-7B-v0.1's (window, no rope_theta) must run RoPE with theta 10000."""
     hf = make_hf(WINDOW, theta=10000.0, seed=3)
     write_native(hf, tmp_path, with_theta=False)
-    model = load_mistral(tmp_path)
+    model = load(tmp_path)
     assert (model(ids) - hf(ids).logits).abs().max() < ATOL
 
 
@@ -420,7 +430,7 @@ def test_hf_config_with_top_level_rope_theta(full, ids, tmp_path):
     config["rope_theta"] = theta
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").symlink_to(hf_dir / "model.safetensors")
-    model = load_mistral(tmp_path)
+    model = load(tmp_path)
     assert model.config.rope_theta == 1e6
     assert (model(ids) - hf(ids).logits).abs().max() < ATOL
 
@@ -440,7 +450,7 @@ def test_missing_tensor_is_checkpoint_error(fmt, swa, tmp_path):
     save_file(state, str(tmp_path / weights))
     (tmp_path / config).write_text((src / config).read_text())
     with pytest.raises(CheckpointError, match=r"layers\.1\.feed_forward\.w3"):
-        load_mistral(tmp_path)
+        load(tmp_path)
 
 
 @pytest.mark.parametrize("fmt", ["hf", "native"])
@@ -457,7 +467,7 @@ def test_bad_shape_is_checkpoint_error(fmt, victim, swa, tmp_path):
     save_file(state, str(tmp_path / weights))
     (tmp_path / config).write_text((src / config).read_text())
     with pytest.raises(CheckpointError, match=r"shape \(48, 64\)"):
-        load_mistral(tmp_path)
+        load(tmp_path)
 
 
 def test_bad_config_is_checkpoint_error(swa, tmp_path):
@@ -467,4 +477,4 @@ def test_bad_config_is_checkpoint_error(swa, tmp_path):
     (tmp_path / "params.json").write_text(json.dumps(params))
     (tmp_path / "consolidated.safetensors").symlink_to(native_dir / "consolidated.safetensors")
     with pytest.raises(CheckpointError, match="dim"):
-        load_mistral(tmp_path)
+        load(tmp_path)

@@ -21,6 +21,7 @@ pairs, so their wq/wk rows are permuted on load. Module names follow the native 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Sequence
@@ -314,14 +315,15 @@ class KVCache:
         self.slot_pos = F.pad(self.slot_pos, (0, extra), value=-1)
 
     def select(self, index: Sequence[int] | Tensor) -> KVCache:
-        """Keep only the batch rows in `index` (in that order); in place, returns self."""
-        index = torch.as_tensor(index, dtype=torch.long)
+        """A new cache holding rows `index`, in that order (rows may repeat, e.g. to fork samples)."""
+        index = torch.as_tensor(index, dtype=torch.long).cpu()
         dev_index = index.to(self.k[0].device) if self.k else index
-        self.k = [t[dev_index] for t in self.k]
-        self.v = [t[dev_index] for t in self.v]
-        self.slot_pos = self.slot_pos[index]
-        self.lengths = self.lengths[index]
-        return self
+        out = copy.copy(self)
+        out.k = [t.index_select(0, dev_index) for t in self.k]
+        out.v = [t.index_select(0, dev_index) for t in self.v]
+        out.slot_pos = self.slot_pos.index_select(0, index)
+        out.lengths = self.lengths.index_select(0, index)
+        return out
 
     @classmethod
     def stack(cls, caches: Sequence[KVCache]) -> KVCache:
@@ -388,14 +390,14 @@ class Mistral(nn.Module):
         shape = (c.n_layers, batch_size, c.n_kv_heads, c.head_dim)
         return KVCache(*shape, window=c.sliding_window, dtype=self.dtype, device=self.device)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """Logits (B, T, V) for whole sequences starting at position 0, without a cache."""
+    def forward(self, input_ids: Tensor, last_only: bool = False) -> Tensor:
+        """Float32 logits (B, T, V) (T=1 if last_only) for sequences from position 0, no cache."""
         positions = torch.arange(input_ids.shape[1])[None]  # rows identical: masks broadcast
         plan = AttnPlan(blocks=self._blocks(positions, None))
-        return self._run(input_ids, positions, plan, None)
+        return self._run(input_ids, positions, plan, None, last_only)
 
-    def forward_cached(self, input_ids: Tensor, cache: KVCache) -> Tensor:
-        """Logits (B, T, V) for T new tokens per row after what `cache` holds; updates the cache."""
+    def forward_cached(self, input_ids: Tensor, cache: KVCache, last_only: bool = False) -> Tensor:
+        """Float32 logits (B, T|1, V) for T new tokens per row after what `cache` holds; updates it."""
         B, T = input_ids.shape
         if B != cache.batch_size:
             raise ValueError(f"batch of {B} rows for a cache of {cache.batch_size}")
@@ -420,7 +422,7 @@ class Mistral(nn.Module):
             plan.blocks = self._blocks(positions, cache.slot_pos[:, : plan.cache_slots] if held else None)
         plan.write_slots = slots.to(self.device)
 
-        logits = self._run(input_ids, positions, plan, cache)
+        logits = self._run(input_ids, positions, plan, cache, last_only)
         if T > 1:
             cache.slot_pos[torch.arange(B)[:, None], slots] = written
         cache.lengths = cache.lengths + T
@@ -448,13 +450,17 @@ class Mistral(nn.Module):
             blocks.append(AttnBlock(slice(start, stop), slice(first_key, stop), with_cache, mask))
         return blocks
 
-    def _run(self, input_ids: Tensor, positions: Tensor, plan: AttnPlan, cache: KVCache | None) -> Tensor:
+    def _run(
+        self, input_ids: Tensor, positions: Tensor, plan: AttnPlan, cache: KVCache | None, last_only: bool
+    ) -> Tensor:
         cfg = self.config
         rope = rope_cos_sin(positions.to(self.device), cfg.head_dim, cfg.rope_theta)
         x = self.tok_embeddings(input_ids.to(self.device))
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, plan, None if cache is None else (cache.k[i], cache.v[i]))
-        return self.output(self.norm(x))
+        if last_only:  # generation needs only the next-token logits: skip the vocabulary matmul elsewhere
+            x = x[:, -1:]
+        return self.output(self.norm(x)).float()
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -503,9 +509,12 @@ def _interleaved_to_half(w: Tensor, n_heads: int) -> Tensor:
 def load_mistral(
     path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None
 ) -> Mistral:
-    """Load a Mistral checkpoint: HF (config.json + safetensors, single or sharded) or native
-    (params.json + consolidated.safetensors). dtype defaults to float32, device to CPU."""
-    from evalkit.models.checkpoint import CheckpointError, load_weights, read_config
+    """Load a Mistral checkpoint in eval mode, without gradients: HF (config.json + safetensors, single
+    or sharded) or native (params.json + consolidated.safetensors).
+
+    dtype defaults to the dtype the weights are stored in; device to CUDA when present, else CPU.
+    """
+    from evalkit.models.checkpoint import CheckpointError, load_weights, read_config, stored_dtype
 
     fmt, raw = read_config(path)
     source = os.path.join(os.fspath(path), "config.json" if fmt == "hf" else "params.json")
@@ -513,8 +522,8 @@ def load_mistral(
         cfg = MistralConfig.from_hf(raw) if fmt == "hf" else MistralConfig.from_native(raw)
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from e
-    dtype = dtype or torch.float32
-    device = torch.device(device or "cpu")
+    dtype = dtype or stored_dtype(path)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
     with torch.device("meta"):  # shapes only: the real tensors come straight from the file
         model = Mistral(cfg)
