@@ -50,8 +50,7 @@ def task_bars(values: pd.DataFrame, stderr: pd.DataFrame, title: str = "Scores b
     ax.set_ylim(0, 105)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right" if len(runs) < 6 else "upper left",
-              bbox_to_anchor=None if len(runs) < 6 else (1.01, 1.0))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     return _png(fig)
 
 
