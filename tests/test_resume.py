@@ -1,0 +1,140 @@
+"""A crashed or interrupted run resumes without redoing finished work, and ends with identical results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from evalkit.data import DataConfig
+from evalkit.runner import RunOptions, run_evaluation
+from evalkit.tasks import get_task
+
+pytestmark = pytest.mark.docker
+N = 18
+
+
+@pytest.fixture(scope="module")
+def slow_replay(tmp_path_factory, data_dir) -> Path:
+    """Canonical solutions that each sleep a little (so a kill lands mid-run); every third one is wrong."""
+    docs = get_task("humaneval", DataConfig.from_options(str(data_dir))).docs()[:N]
+    path = tmp_path_factory.mktemp("replay") / "slow.jsonl"
+    with open(path, "w") as f:
+        for i, d in enumerate(docs):
+            body = "    return None\n" if i % 3 == 0 else d["canonical_solution"]
+            slow = "    import time\n    time.sleep(0.25)\n"
+            f.write(json.dumps({"task_id": d["task_id"], "completion": slow + body}))
+            f.write("\n")
+    return path
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "evalkit.cli", "run", *args, "--no-progress", "--sandbox-workers", "1",
+            "--batch-size", "2"]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def start_and_stop(args: list[str], out: Path, sig: int, after_samples: int) -> tuple[Path, subprocess.Popen]:
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    run_dir = None
+    while time.time() < deadline:
+        runs = list(out.glob("*/samples.jsonl"))
+        if runs and len(runs[0].read_text().splitlines()) >= after_samples:
+            run_dir = runs[0].parent
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before it could be interrupted: {proc.stderr.read()}")
+        time.sleep(0.05)
+    assert run_dir is not None, "the run made no progress"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return run_dir, proc
+
+
+@pytest.fixture(scope="module")
+def clean_run(slow_replay, tmp_path_factory) -> tuple[Path, dict]:
+    """The same replay, uninterrupted: what every resumed run must end up equal to."""
+    opts = RunOptions(model=f"replay:{slow_replay}", tasks=["humaneval"], limit=N,
+                      output_dir=tmp_path_factory.mktemp("clean"), data=DataConfig.from_options(),
+                      sandbox_workers=1, batch_size=2)
+    return run_evaluation(opts, progress=False, log=lambda m: None)
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
+
+
+def test_resume_after_kill_9(slow_replay, clean_run, tmp_path):
+    out = tmp_path / "runs"
+    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-dir", str(out))
+    run_dir, proc = start_and_stop(args, out, signal.SIGKILL, after_samples=6)
+    assert proc.returncode == -signal.SIGKILL
+    done_before = {(s["task_id"], s["sample_index"]) for s in lines(run_dir / "samples.jsonl")}
+    assert 6 <= len(done_before) < N
+    assert not (run_dir / "results.json").exists()
+
+    resumed = subprocess.run(cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N),
+                                 "--output-dir", str(out), "--resume", str(run_dir)),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    samples = lines(run_dir / "samples.jsonl")
+    generations = lines(run_dir / "generations.jsonl")
+    # Nothing finished was redone: every sample and every generation is logged exactly once.
+    assert Counter((s["task_id"], s["sample_index"]) for s in samples).most_common(1)[0][1] == 1
+    assert Counter(g["task_id"] for g in generations).most_common(1)[0][1] == 1
+    assert len(samples) == N
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["tasks"] == clean_run[1]["tasks"]
+    assert results["tasks"]["humaneval"]["metrics"]["pass@1"] == pytest.approx(2 / 3)
+
+
+def test_ctrl_c_says_how_to_resume(slow_replay, tmp_path):
+    out = tmp_path / "runs"
+    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-dir", str(out))
+    run_dir, proc = start_and_stop(args, out, signal.SIGINT, after_samples=2)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130
+    assert f"--resume {run_dir}" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_torn_last_line_is_redone(slow_replay, clean_run, tmp_path):
+    run_dir = copy_of(clean_run[0], tmp_path)
+    samples_file = run_dir / "samples.jsonl"
+    kept = samples_file.read_text().splitlines(keepends=True)[:5]
+    samples_file.write_text("".join(kept) + kept[-1][:40])  # a line cut short by a crash or a full disk
+    (run_dir / "results.json").unlink()
+    opts = RunOptions(model=f"replay:{slow_replay}", tasks=["humaneval"], limit=N, resume=run_dir,
+                      data=DataConfig.from_options(), sandbox_workers=1, batch_size=2)
+    _, results = run_evaluation(opts, progress=False, log=lambda m: None)
+    assert results["tasks"] == clean_run[1]["tasks"]
+    assert len(lines_ignoring_torn(samples_file)) == N
+
+
+def lines_ignoring_torn(path: Path) -> list[dict]:
+    out = []
+    for x in path.read_text().splitlines():
+        try:
+            out.append(json.loads(x))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def test_resume_refuses_different_settings(slow_replay, clean_run, tmp_path):
+    run_dir = copy_of(clean_run[0], tmp_path)
+    res = subprocess.run(cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", "5",
+                             "--resume", str(run_dir)), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "cannot resume" in res.stderr and "limit" in res.stderr
