@@ -107,6 +107,25 @@ def weight_files(path: str | os.PathLike) -> dict[str, Path]:
     )
 
 
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def stored_dtype(path: str | os.PathLike) -> torch.dtype:
+    """The floating-point dtype holding most of the checkpoint's weights (read from headers only)."""
+    counts: dict[torch.dtype, int] = {}
+    files = weight_files(path)
+    for file in sorted(set(files.values())):
+        with _open_safetensors(file) as f:
+            for name in f.keys():
+                tensor = f.get_slice(name)
+                dtype = _SAFETENSORS_DTYPES.get(tensor.get_dtype())
+                if dtype is not None:
+                    counts[dtype] = counts.get(dtype, 0) + math.prod(tensor.get_shape())
+    if not counts:
+        raise CheckpointError(f"{path}: no floating-point tensors in the checkpoint")
+    return max(counts, key=lambda d: counts[d])
+
+
 def available_memory_bytes() -> int | None:
     """Memory the OS can give us now (MemAvailable), or None when it cannot be told."""
     try:
