@@ -272,6 +272,7 @@ def format_gate(result: GateResult) -> str:
     if result.notes:
         lines += ["", *[f"note: {n}" for n in result.notes]]
     failed = [c for c in result.checks if c.failed]
-    lines += ["", f"gate: FAIL ({len(failed)} of {len(result.checks)} checks regressed)" if failed
-              else f"gate: pass ({len(result.checks)} checks, none significantly worse)"]
+    checks = f"{len(result.checks)} check{'s' if len(result.checks) != 1 else ''}"
+    lines += ["", f"gate: FAIL ({len(failed)} of {checks} regressed)" if failed
+              else f"gate: pass ({checks}, none significantly worse)"]
     return "\n".join(lines)

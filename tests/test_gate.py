@@ -206,3 +206,30 @@ def test_refuses_an_unfinished_run(sandbox, tmp_path):
     code, out = gate(replayed_run("base-40", limit=40), copy)
     assert code == 2 and "unfinished run" in out
     shutil.rmtree(copy)
+
+
+# ------------------------------------------------------------------------------------------ the CI example
+
+
+def test_ci_example_uses_real_commands_and_the_committed_baseline():
+    import shlex
+
+    import typer.main
+    import yaml
+
+    text = (REPO / "docs" / "examples" / "checkpoint-gate.yml").read_text()
+    assert text in (REPO / "docs" / "ci-gate.md").read_text(), "docs/ci-gate.md must embed the workflow verbatim"
+    workflow = yaml.safe_load(text)
+    assert (REPO / workflow["env"]["BASELINE"] / "samples.jsonl").is_file()
+    scripts = [step["run"] for step in workflow["jobs"]["gate"]["steps"] if "run" in step]
+    lines = [line.strip() for line in "\n".join(scripts).replace("\\\n", " ").splitlines()]
+    calls = [shlex.split(line.split("|")[0].split(">")[0])[1:] for line in lines if line.startswith("evalkit ")]
+    assert {c[0] for c in calls} >= {"run", "gate", "report", "compare"}
+    root = typer.main.get_command(app)
+    for args in calls:
+        command = root
+        while hasattr(command, "commands") and args and args[0] in command.commands:
+            command, args = command.commands[args[0]], args[1:]
+        known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+        used = {a for a in args if a.startswith("--")}
+        assert used <= known, f"{command.name}: unknown options {used - known}"
