@@ -7,6 +7,7 @@ import os
 import torch
 
 from evalkit.models.checkpoint import CheckpointError, read_config
+from evalkit.models.generate import generate, generate_batch, score_continuations
 
 
 def model_arch(path: str | os.PathLike) -> str:
@@ -38,4 +39,6 @@ def load_model(
     return load_mistral(path, dtype, device)
 
 
-__all__ = ["CheckpointError", "load_model", "model_arch"]
+__all__ = [
+    "CheckpointError", "generate", "generate_batch", "load_model", "model_arch", "score_continuations",
+]
