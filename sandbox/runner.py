@@ -28,6 +28,7 @@ import time
 OUTPUT_TAIL = 16 * 1024  # bytes of stdout/stderr sent back: the end, where tracebacks are
 FILE_SIZE_LIMIT = 16 * 1024 * 1024  # any file a program writes, its captured stdout included
 SCRATCH_DIRS = ("/tmp", "/dev/shm")
+FORK_PYTHON = False  # set in the container: `python3 FILE` runs in a fork of this interpreter
 CLEAN_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
@@ -79,13 +80,82 @@ def _describe_exit(code: int) -> str:
     return f"killed by {name}{hint.get(name, '')}"
 
 
+def _run_python_forked(script: str, workdir: str, paths: tuple[str, str, str], req: dict, timeout: float) -> int:
+    """`python3 SCRIPT` without paying for a new interpreter: fork this one and run the script in the child.
+
+    The child gets the same limits, environment, working directory and exit-status semantics as a real
+    `python3 SCRIPT` (SystemExit codes, traceback and status 1 on an uncaught exception).
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.chdir(workdir)
+        for fd, (path, flags) in enumerate(zip(paths, (os.O_RDONLY, os.O_WRONLY, os.O_WRONLY))):
+            os.dup2(os.open(path, flags), fd)
+        os.closerange(3, 65536)
+        _limits(req.get("memory_mb"), timeout)()
+        os.environ.clear()
+        os.environ.update(CLEAN_ENV)
+        sys.stdin = open(0, closefd=False)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False)
+        sys.argv = [script]
+        sys.path[0] = workdir
+        import runpy
+
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code & 0xFF)
+
+
+def _wait(pid: int, timeout: float) -> int | None:
+    """Exit status of `pid` (negative: killed by that signal), or None if it outlives `timeout`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
 def _run_command(argv: list[str], workdir: str, logdir: str, step: int, req: dict) -> tuple[str, int | None, str]:
     out_path = os.path.join(logdir, f"{step}.out")
     err_path = os.path.join(logdir, f"{step}.err")
     in_path = os.path.join(logdir, f"{step}.in")
     with open(in_path, "w") as f:
         f.write(req.get("stdin") or "")
+    for path in (out_path, err_path):
+        open(path, "wb").close()
     timeout = float(req.get("timeout", 10.0))
+    if FORK_PYTHON and len(argv) == 2 and argv[0] == "python3":
+        pid = _run_python_forked(argv[1], workdir, (in_path, out_path, err_path), req, timeout)
+        code = _wait(pid, timeout)
+        _kill_group(pid)
+        if code is None:
+            os.waitpid(pid, 0)
+            return "timeout", None, f"timed out after {timeout:g}s"
+        return ("ok" if code == 0 else "failed"), code, _describe_exit(code)
     with open(in_path, "rb") as fin, open(out_path, "wb") as fout, open(err_path, "wb") as ferr:
         try:
             proc = subprocess.Popen(
@@ -187,6 +257,8 @@ def main() -> None:
     if os.getpid() != 1:
         sys.exit("sandbox runner: refusing to run outside a container (it kills every other process)")
     _make_undumpable()
+    global FORK_PYTHON
+    FORK_PYTHON = True  # only as PID 1, where every stray child is killed and reaped after each program
     out = sys.stdout
     sys.stdout = sys.stderr
     out.write(json.dumps({"ready": True, "python": sys.version.split()[0]}) + "\n")
