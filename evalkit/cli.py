@@ -263,6 +263,57 @@ def gate(
     raise typer.Exit(1 if result.failed else 0)
 
 
+@app.command()
+def bench(
+    preset: Annotated[str, typer.Option(help="Model shapes and plan: `cpu` (default; minutes on 2 cores), "
+                                             "`tiny` (seconds; for tests) or `7b` (Codestral Mamba 7B and "
+                                             "Mistral 7B shapes; needs a GPU).")] = "cpu",
+    config: Annotated[Path | None, typer.Option(help="JSON file of bench settings (mamba2, transformer, "
+                                                     "contexts, dtype, repeats, warmup, decode_tokens); "
+                                                     "\"preset\": NAME starts from a preset.")] = None,
+    archs: Annotated[str, typer.Option(help="Comma-separated architectures: mamba2, swa (sliding window), "
+                                            "full (the same transformer, window off).")] = "mamba2,swa,full",
+    contexts: Annotated[str | None, typer.Option(help="Comma-separated context lengths (default: the "
+                                                      "preset's, e.g. 512..16384 on a log2 scale).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: the preset's).")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed rounds per point; the median is reported with its "
+                                                     "min-max spread.")] = None,
+    max_memory: Annotated[float | None, typer.Option(help="Memory budget in GiB (default: what is available); "
+                                                          "a curve stops at the first size that would exceed "
+                                                          "it.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Where bench.json, bench.csv and the PNG plots go "
+                                                      "(default: results/bench/PRESET-DEVICE).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Throughput against context length for Mamba-2, the sliding-window transformer and full attention:
+    prefill tokens/s, decode ms/token (with the cache) and peak memory, random weights, batch 1.
+
+    Writes bench.json, bench.csv (a row per architecture and context), prefill.png, decode.png and memory.png.
+
+    `evalkit report --bench DIR` puts the curves into a report.
+    """
+    import dataclasses
+
+    from evalkit.bench import BenchError, format_summary, load_config, run_bench, write_outputs
+
+    try:
+        cfg = load_config(preset, config)
+        overrides = {k: v for k, v in {"dtype": dtype, "repeats": repeats}.items() if v is not None}
+        if contexts:
+            overrides["contexts"] = tuple(int(c) for c in contexts.split(",") if c.strip())
+        cfg = dataclasses.replace(cfg, **overrides)
+        arch_list = [a.strip() for a in archs.split(",") if a.strip()]
+        result = run_bench(cfg, device, threads, arch_list, max_memory, progress)
+    except (BenchError, ValueError) as e:
+        fail(str(e))
+    target = out_dir or Path("results/bench") / f"{preset if config is None else config.stem}-{device}"
+    paths = write_outputs(result, target)
+    typer.echo(format_summary(result))
+    typer.echo(f"\nwrote {', '.join(str(p) for p in paths)}")
+
+
 def _task_list(tasks: str | None) -> list[str] | None:
     return None if tasks is None else [t.strip() for t in tasks.split(",") if t.strip()]
 

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -60,8 +61,13 @@ BENCH_PANELS = {
                 "Prefill throughput vs context", True),
     "decode": ("decode_ms_per_tok", ("decode_ms_per_tok_min", "decode_ms_per_tok_max"),
                "decode latency (ms/token, with cache)", "Decode latency vs context", False),
-    "memory": ("peak_mem_mib", (None, None), "peak memory (MiB)", "Peak memory vs context", True),
+    "memory": ("peak_mem_mib", (None, None), "peak memory (MiB)", "Peak memory vs context", False),
 }
+
+
+def _tokens(value: float, _pos: object = None) -> str:
+    """Axis label for a token count: 512, 1K, 64K."""
+    return f"{value / 1024:g}K" if value >= 1024 else f"{value:g}"
 
 
 def bench_chart(rows: Sequence[dict], panel: str, subtitle: str) -> bytes:
@@ -90,6 +96,7 @@ def bench_chart(rows: Sequence[dict], panel: str, subtitle: str) -> bytes:
             ax.plot(stopped["context"], [0.03] * len(stopped), "x", color=color, markersize=9, mew=2,
                     transform=ax.get_xaxis_transform(), label=f"{arch}: stopped (would not fit)")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(_tokens))
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("context length (tokens)")
