@@ -39,8 +39,17 @@ def build_models() -> tuple[Mamba2LM, torch.nn.Module]:
 
     torch.manual_seed(0)
     hf_config = HFConfig(
-        hidden_size=256, num_hidden_layers=4, state_size=128, head_dim=64, num_heads=8, n_groups=2,
-        expand=2, conv_kernel=4, chunk_size=256, vocab_size=VOCAB, tie_word_embeddings=False,
+        hidden_size=256,
+        num_hidden_layers=4,
+        state_size=128,
+        head_dim=64,
+        num_heads=8,
+        n_groups=2,
+        expand=2,
+        conv_kernel=4,
+        chunk_size=256,
+        vocab_size=VOCAB,
+        tie_word_embeddings=False,
     )
     hf = Mamba2ForCausalLM(hf_config).eval()
     ours = Mamba2LM(Mamba2Config.from_hf(hf_config.to_dict()))
@@ -98,11 +107,17 @@ def main() -> None:
     import transformers
 
     ours, hf = build_models()
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     with torch.inference_mode():
         print(f"max |logit difference| on 300 tokens: {check_same_outputs(ours, hf):.2e}")
         print("\nprefill (tokens/s; into a cache, last-position logits)")
-        print(f"{'tokens':>7} {'evalkit':>10} {'transformers':>13} {'ratio':>6}   full-logits: evalkit / transformers")
+        print(
+            f"{'tokens':>7} {'evalkit':>10} {'transformers':>13} {'ratio':>6}"
+            "   full-logits: evalkit / transformers"
+        )
         for length in (512, 2048, 8192):
             ids = torch.randint(0, VOCAB, (1, length))
             n = repeats if length < 8192 else max(2, repeats - 2)

@@ -17,9 +17,14 @@ from evalkit.models.tokenizer import MistralTokenizer, tokenizer_for_vocab
 from evalkit.requests import GenerationRequest, LoglikelihoodRequest, SamplingParams, sample_seed
 
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 
 
@@ -83,7 +88,9 @@ class NativeBackend(Backend):
             arch = model_arch(path)
             entry = registered(spec)
             if entry is not None and entry[1].arch != arch:
-                raise CheckpointError(f"{path}: {spec!r} should be a {entry[1].arch} checkpoint, found {arch}")
+                raise CheckpointError(
+                    f"{path}: {spec!r} should be a {entry[1].arch} checkpoint, found {arch}"
+                )
             _, config = read_config(path)
             tokenizer = tokenizer_for_vocab(int(config["vocab_size"]))
             model = load_model(path, parse_dtype(dtype), device)

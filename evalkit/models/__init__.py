@@ -40,5 +40,10 @@ def load_model(
 
 
 __all__ = [
-    "CheckpointError", "generate", "generate_batch", "load_model", "model_arch", "score_continuations",
+    "CheckpointError",
+    "generate",
+    "generate_batch",
+    "load_model",
+    "model_arch",
+    "score_continuations",
 ]

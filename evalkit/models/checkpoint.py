@@ -107,7 +107,12 @@ def weight_files(path: str | os.PathLike) -> dict[str, Path]:
     )
 
 
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+_SAFETENSORS_DTYPES = {
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F64": torch.float64,
+}
 
 
 def stored_dtype(path: str | os.PathLike) -> torch.dtype:

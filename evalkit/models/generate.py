@@ -57,7 +57,10 @@ class CachedLM(Protocol):
 
 
 def sample_tokens(
-    logits: Tensor, temperature: float, top_p: float = 1.0, generators: Sequence[torch.Generator] | None = None
+    logits: Tensor,
+    temperature: float,
+    top_p: float = 1.0,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """Next token per row of logits (b, vocab): argmax at temperature 0, else nucleus sampling.
 

@@ -87,12 +87,14 @@ class Mamba2Config:
             tie_embeddings=config.get("tie_word_embeddings", False),
         )
         if "num_heads" in config and config["num_heads"] != cfg.n_heads:
-            raise ValueError(f"num_heads {config['num_heads']} != expand*hidden_size/head_dim = {cfg.n_heads}")
+            raise ValueError(
+                f"num_heads {config['num_heads']} != expand*hidden_size/head_dim = {cfg.n_heads}"
+            )
         return cfg
 
     @classmethod
     def from_native(cls, params: dict) -> Mamba2Config:
-        """From a mistral-inference `params.json`; the mixer sizes are the Mamba-2 defaults it leaves implicit.
+        """From a mistral-inference `params.json`, which leaves the mixer sizes at the Mamba-2 defaults.
 
         Missing top-level keys take mamba_ssm's MambaConfig defaults; an optional `ssm_cfg` overrides the
         mixer defaults (d_state, d_conv, expand, headdim, chunk_size, ngroups) as in mamba_ssm.
@@ -211,7 +213,7 @@ def ssd_scan(
     weights.view(b, c, g, hg, q, q).mul_(scores.unsqueeze(3))
     y_diag = weights @ x_dt  # (b,c,h,q,p)
 
-    # 2. What each chunk adds to the state, decayed to the chunk's end: sum_s exp(Acum_last - Acum_s) dt_s x_s B_s,
+    # 2. What each chunk adds to the state, decayed to its end: sum_s exp(Acum_last - Acum_s) dt_s x_s B_s,
     #    per group as B^T (n,q) @ [decayed x of its heads] (q, hg*p).
     to_end = torch.exp((A_cum[:, :, -1:] - A_cum).clamp_(min=_MIN_LOG_DECAY)).mul_(dt)  # (b,c,q,h)
     x_to_end = torch.empty(b, c, g, q, hg * p, **new)
@@ -236,9 +238,7 @@ def ssd_scan(
     y_prev = (C_c @ entering).view(b, c, g, q, hg, p)
     decay_in = torch.exp(A_cum.clamp(min=_MIN_LOG_DECAY)).view(b, c, q, g, hg, 1)
     y = torch.empty(b, c, q, g, hg, p, **new)
-    torch.addcmul(
-        y_diag.transpose(2, 3).view(b, c, q, g, hg, p), y_prev.transpose(2, 3), decay_in, out=y
-    )
+    torch.addcmul(y_diag.transpose(2, 3).view(b, c, q, g, hg, p), y_prev.transpose(2, 3), decay_in, out=y)
     return y.view(b, c * q, h, p)[:, :t], state
 
 
@@ -248,9 +248,12 @@ class Mamba2Mixer(nn.Module):
     def __init__(self, cfg: Mamba2Config) -> None:
         super().__init__()
         self.cfg = cfg
+        self.chunk_size = cfg.chunk_size
         h = cfg.n_heads
         self.in_proj = nn.Linear(cfg.d_model, cfg.d_inner + cfg.conv_dim + h, bias=cfg.proj_bias)
-        self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, bias=cfg.conv_bias)
+        self.conv1d = nn.Conv1d(
+            cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, bias=cfg.conv_bias
+        )
         self.dt_bias = nn.Parameter(torch.zeros(h))
         self.A_log = nn.Parameter(torch.zeros(h))
         self.D = nn.Parameter(torch.ones(h))
@@ -315,7 +318,7 @@ class Mamba2Mixer(nn.Module):
             self.A,
             B.float().view(b, t, cfg.n_groups, cfg.d_state),
             C.float().view(b, t, cfg.n_groups, cfg.d_state),
-            cfg.chunk_size,
+            self.chunk_size,
             ssm_state,
         )
         if ssm_state is not None:
@@ -369,7 +372,7 @@ class Mamba2Backbone(nn.Module):
 class Mamba2Cache:
     """Per-layer recurrent state of a batch: constant size, whatever the sequence length.
 
-    conv[i] (b, d_conv, conv_dim) in the model dtype: the last d_conv pre-conv inputs (zeros before the start).
+    conv[i] (b, d_conv, conv_dim), model dtype: the last d_conv pre-conv inputs (zeros before the start).
     ssm[i] (b, g, n, hg*p) float32: per group, its heads' (p, n) states transposed side by side.
     """
 
@@ -383,7 +386,8 @@ class Mamba2Cache:
     def select(self, index: Tensor) -> Mamba2Cache:
         """A new cache holding rows `index` (rows may repeat, e.g. to fork n samples from one prompt)."""
         return Mamba2Cache(
-            conv=[s.index_select(0, index) for s in self.conv], ssm=[s.index_select(0, index) for s in self.ssm]
+            conv=[s.index_select(0, index) for s in self.conv],
+            ssm=[s.index_select(0, index) for s in self.ssm],
         )
 
     @classmethod
@@ -421,6 +425,16 @@ class Mamba2LM(nn.Module):
         return result
 
     @property
+    def chunk_size(self) -> int:
+        """Chunk length of the prefill scan: changes speed and memory, not results."""
+        return self.backbone.layers[0].mixer.chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int) -> None:
+        for block in self.backbone.layers:
+            block.mixer.chunk_size = value
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
@@ -449,11 +463,13 @@ class Mamba2LM(nn.Module):
         shape_ssm = (batch_size, cfg.n_groups, cfg.d_state, cfg.d_inner // cfg.n_groups)
         return Mamba2Cache(
             conv=[torch.zeros(shape_conv, dtype=self.dtype, device=self.device) for _ in range(cfg.n_layers)],
-            ssm=[torch.zeros(shape_ssm, dtype=torch.float32, device=self.device) for _ in range(cfg.n_layers)],
+            ssm=[
+                torch.zeros(shape_ssm, dtype=torch.float32, device=self.device) for _ in range(cfg.n_layers)
+            ],
         )
 
     def forward_cached(self, input_ids: Tensor, cache: Mamba2Cache, last_only: bool = False) -> Tensor:
-        """Consume input_ids (b, t) after what `cache` holds, update it in place, return logits (b, t|1, vocab)."""
+        """Consume input_ids (b, t) after what `cache` holds, update it in place; logits (b, t or 1, vocab)."""
         layers = self.backbone.layers
         residual = self.backbone.embeddings(input_ids).to(self._residual_dtype())
         if input_ids.shape[1] == 1:

@@ -55,7 +55,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     entry = registered(str(name_or_path))
     if entry is None:
         names = ", ".join(REGISTRY)
-        raise CheckpointError(f"{name_or_path}: no such checkpoint directory, and not a known model ({names})")
+        raise CheckpointError(
+            f"{name_or_path}: no such checkpoint directory, and not a known model ({names})"
+        )
     name, model = entry
     from huggingface_hub import snapshot_download
 

@@ -1,0 +1,201 @@
+"""evalkit's Mamba-2 against transformers' Mamba2ForCausalLM (5.23.0, CPU fp32) as the oracle."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from mamba2_checkpoints import SMALL_SIZES, oracle, save_hf, save_native
+
+from evalkit.models import load_model
+from evalkit.models.generate import generate
+from evalkit.models.mamba2 import Mamba2Config, Mamba2LM, load_mamba2, ssd_scan
+
+FP32_TOL = 1e-4
+# bf16 keeps 8 significant bits (relative rounding 2^-9 per operation; the logits themselves are rounded
+# to 2^-6..2^-5 at |logit| 4..8) while the scan, states, norms and residual stay fp32. Measured on these
+# random models (logit std ~1.2, max |logit| ~6.5): mean |diff| ~0.011, max |diff| ~0.13, argmax
+# agreement ~97% (near-ties). Bounds with about 2x headroom:
+BF16_MEAN_TOL = 0.025
+BF16_MAX_TOL = 0.25
+BF16_MIN_ARGMAX_AGREEMENT = 0.9
+
+
+def ours_from(hf) -> Mamba2LM:
+    model = Mamba2LM(Mamba2Config.from_hf(hf.config.to_dict()))
+    model.load_state_dict(hf.state_dict())
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def small():
+    hf = oracle(seed=1, **SMALL_SIZES)
+    return hf, ours_from(hf)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """The same random weights as a Hugging Face checkpoint and as a native one."""
+    hf = oracle(seed=2)
+    root = tmp_path_factory.mktemp("mamba2")
+    return hf, save_hf(hf, root / "hf"), save_native(hf, root / "native")
+
+
+def test_config_from_both_formats_agrees(checkpoints):
+    hf, hf_dir, native_dir = checkpoints
+    a = load_mamba2(hf_dir).config
+    b = load_mamba2(native_dir).config
+    assert a == b
+    assert (a.n_heads, a.n_groups, a.d_state, a.headdim, a.chunk_size) == (4, 2, 128, 64, 256)
+    assert a.dt_max == math.inf
+
+
+@torch.no_grad()
+def test_logits_match_transformers_many_chunks(small):
+    hf, ours = small
+    ids = torch.randint(0, hf.config.vocab_size, (3, 53), generator=torch.Generator().manual_seed(0))
+    expected = hf(ids).logits
+    got = ours(ids)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert (got - expected).abs().max().item() < FP32_TOL
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("fmt", ["hf", "native"])
+def test_checkpoint_logits_match_transformers(checkpoints, fmt):
+    hf, hf_dir, native_dir = checkpoints
+    model = load_model(hf_dir if fmt == "hf" else native_dir, dtype=torch.float32, device="cpu")
+    assert isinstance(model, Mamba2LM)
+    ids = torch.randint(0, 32768, (2, 300), generator=torch.Generator().manual_seed(1))  # 256 < 300 < 512
+    assert (model(ids) - hf(ids).logits).abs().max().item() < FP32_TOL
+
+
+@torch.no_grad()
+def test_chunk_size_changes_nothing(small):
+    hf, ours = small
+    ids = torch.randint(0, hf.config.vocab_size, (2, 45), generator=torch.Generator().manual_seed(2))
+    reference = ours(ids)
+    ours.chunk_size = 8
+    try:
+        assert (ours(ids) - reference).abs().max().item() < 1e-5
+    finally:
+        ours.chunk_size = ours.config.chunk_size
+
+
+@torch.no_grad()
+def test_cached_decode_matches_full_forward(small):
+    hf, ours = small
+    ids = torch.randint(0, hf.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(3))
+    full = ours(ids)
+    cache = ours.new_cache(2)
+    pieces = [ours.forward_cached(ids[:, :2], cache)]  # shorter than the conv kernel
+    pieces += [ours.forward_cached(ids[:, i : i + 1], cache) for i in range(2, 12)]
+    pieces.append(ours.forward_cached(ids[:, 12:35], cache))  # a chunked continuation from a state
+    pieces += [ours.forward_cached(ids[:, i : i + 1], cache) for i in range(35, 40)]
+    stepped = torch.cat(pieces, dim=1)
+    assert (stepped - full).abs().max().item() < FP32_TOL
+
+
+@torch.no_grad()
+def test_cache_select_and_stack_keep_rows_independent(small):
+    hf, ours = small
+    ids = torch.randint(0, hf.config.vocab_size, (3, 20), generator=torch.Generator().manual_seed(4))
+    full = ours(ids)
+    caches = []
+    for row, length in enumerate((7, 13, 9)):  # prompts of different lengths, prefilled alone
+        cache = ours.new_cache(1)
+        ours.forward_cached(ids[row : row + 1, :length], cache)
+        for i in range(length, 13):  # then brought to length 13 one token at a time
+            ours.forward_cached(ids[row : row + 1, i : i + 1], cache)
+        caches.append(cache)
+    batch = type(caches[0]).stack(caches)
+    logits = [ours.forward_cached(ids[:, i : i + 1], batch) for i in range(13, 16)]
+    assert (torch.cat(logits, 1) - full[:, 13:16]).abs().max().item() < FP32_TOL
+    # Keep rows 2 and 0 (reordered) and fork row 2.
+    picked = batch.select(torch.tensor([2, 0, 2]))
+    out = ours.forward_cached(ids[[2, 0, 2], 16:17], picked)
+    assert (out - full[[2, 0, 2], 16:17]).abs().max().item() < FP32_TOL
+    assert batch.batch_size == 3 and picked.batch_size == 3
+
+
+@torch.no_grad()
+def test_greedy_generation_matches_transformers(checkpoints):
+    hf, hf_dir, _ = checkpoints
+    model = load_model(hf_dir, dtype=torch.float32, device="cpu")
+    prompt = torch.randint(3, 32768, (1, 11), generator=torch.Generator().manual_seed(5))
+    expected = hf.generate(
+        prompt, max_new_tokens=64, min_new_tokens=64, do_sample=False, use_cache=True, eos_token_id=None
+    )
+    got = generate(model, prompt, max_new_tokens=64)
+    assert got.shape == (1, 11 + 64)
+    assert got.tolist() == expected.tolist()
+
+
+def test_generate_uses_the_cache_not_the_prefix(small):
+    _, ours = small
+    calls = []
+    original = ours.forward_cached
+
+    def spy(input_ids, cache, last_only=False):
+        calls.append(input_ids.shape[1])
+        return original(input_ids, cache, last_only)
+
+    ours.forward_cached = spy
+    try:
+        out = generate(ours, torch.tensor([5, 6, 7, 8]), max_new_tokens=6)
+    finally:
+        del ours.forward_cached
+    assert out.shape == (10,) and out[:4].tolist() == [5, 6, 7, 8]
+    assert calls == [4, 1, 1, 1, 1, 1]
+
+
+@torch.no_grad()
+def test_bf16_close_to_fp32(checkpoints):
+    _, hf_dir, _ = checkpoints
+    fp32 = load_model(hf_dir, dtype=torch.float32, device="cpu")
+    bf16 = load_model(hf_dir, dtype=torch.bfloat16, device="cpu")
+    assert bf16.backbone.embeddings.weight.dtype == torch.bfloat16
+    assert bf16.backbone.layers[0].mixer.A_log.dtype == torch.float32  # kept fp32 like the references
+    ids = torch.randint(0, 32768, (2, 70), generator=torch.Generator().manual_seed(6))
+    a, b = fp32(ids), bf16(ids)
+    assert b.dtype == torch.float32
+    assert_bf16_close(b, a)
+    cache = bf16.new_cache(2)
+    pieces = [bf16.forward_cached(ids[:, :60], cache)]
+    pieces += [bf16.forward_cached(ids[:, i : i + 1], cache) for i in range(60, 70)]
+    stepped = torch.cat(pieces, dim=1)
+    assert_bf16_close(stepped, a)
+
+
+def assert_bf16_close(got: torch.Tensor, fp32: torch.Tensor) -> None:
+    diff = (got - fp32).abs()
+    assert diff.mean().item() < BF16_MEAN_TOL
+    assert diff.max().item() < BF16_MAX_TOL
+    assert (got.argmax(-1) == fp32.argmax(-1)).float().mean().item() >= BF16_MIN_ARGMAX_AGREEMENT
+
+
+def test_ssd_scan_matches_a_token_by_token_recurrence():
+    g = torch.Generator().manual_seed(7)
+    b, t, h, p, groups, n = 2, 21, 4, 3, 2, 5
+    x = torch.randn(b, t, h, p, generator=g)
+    dt = torch.rand(b, t, h, generator=g)
+    A = -torch.rand(h, generator=g) * 2
+    B = torch.randn(b, t, groups, n, generator=g)
+    C = torch.randn(b, t, groups, n, generator=g)
+    y, final = ssd_scan(x, dt, A, B, C, chunk_size=8)
+    # Plain recurrence per head: h_t = exp(dt A) h_{t-1} + dt x_t (outer) B_t ; y_t = h_t . C_t
+    state = torch.zeros(b, h, p, n)
+    head_group = torch.arange(h) // (h // groups)
+    expected = []
+    for i in range(t):
+        Bh, Ch = B[:, i, head_group], C[:, i, head_group]  # (b,h,n)
+        state = (
+            state * torch.exp(dt[:, i] * A)[..., None, None]
+            + (dt[:, i, :, None] * x[:, i])[..., None] * Bh[:, :, None]
+        )
+        expected.append((state * Ch[:, :, None]).sum(-1))
+    assert (y - torch.stack(expected, 1)).abs().max().item() < 1e-5
+    # The final state, in the cache layout (b, g, n, heads_per_group * p).
+    as_cache = state.view(b, groups, h // groups, p, n).permute(0, 1, 4, 2, 3).reshape(b, groups, n, -1)
+    assert (final - as_cache).abs().max().item() < 1e-5
