@@ -469,7 +469,7 @@ class Mamba2LM(nn.Module):
         )
 
     def forward_cached(self, input_ids: Tensor, cache: Mamba2Cache, last_only: bool = False) -> Tensor:
-        """Consume input_ids (b, t) after what `cache` holds, update it in place; logits (b, t or 1, vocab)."""
+        """Consume input_ids (b, t) after what `cache` holds, updating it in place; logits (b, t|1, vocab)."""
         layers = self.backbone.layers
         residual = self.backbone.embeddings(input_ids).to(self._residual_dtype())
         if input_ids.shape[1] == 1:
