@@ -92,7 +92,7 @@ def _run_python_forked(script: str, workdir: str, paths: tuple[str, str, str], r
     code = 1
     try:
         os.chdir(workdir)
-        for fd, (path, flags) in enumerate(zip(paths, (os.O_RDONLY, os.O_WRONLY, os.O_WRONLY))):
+        for fd, (path, flags) in enumerate(zip(paths, (os.O_RDONLY, os.O_WRONLY, os.O_WRONLY), strict=True)):
             os.dup2(os.open(path, flags), fd)
         os.closerange(3, 65536)
         _limits(req.get("memory_mb"), timeout)()
@@ -103,6 +103,9 @@ def _run_python_forked(script: str, workdir: str, paths: tuple[str, str, str], r
         sys.stderr = open(2, "w", closefd=False)
         sys.argv = [script]
         sys.path[0] = workdir
+        import random
+
+        random.seed()  # a fresh interpreter would not share the runner's random state
         import runpy
 
         runpy.run_path(script, run_name="__main__")
@@ -148,7 +151,7 @@ def _run_command(argv: list[str], workdir: str, logdir: str, step: int, req: dic
     for path in (out_path, err_path):
         open(path, "wb").close()
     timeout = float(req.get("timeout", 10.0))
-    if FORK_PYTHON and len(argv) == 2 and argv[0] == "python3":
+    if FORK_PYTHON and len(argv) == 2 and argv[0] == "python3" and argv[1].endswith(".py"):
         pid = _run_python_forked(argv[1], workdir, (in_path, out_path, err_path), req, timeout)
         code = _wait(pid, timeout)
         _kill_group(pid)

@@ -114,8 +114,9 @@ HOSTILE = {
                      "    for d in ('/', '/etc', '/usr', '/home', '/root', '/var', HOST_DIR):\n"
                      "        try:\n            open(os.path.join(d, 'evalkit-pwned'), 'w').write('x')\n"
                      "            wrote += 1\n        except OSError:\n            pass\n    assert wrote\n",
-    "kill the worker": "    import os, signal\n    for pid in range(1, 400):\n        try:\n"
-                       "            os.kill(pid, signal.SIGKILL)\n        except OSError:\n            pass\n",
+    "kill the worker": "    import os, signal\n    for pid in set(range(1, 32768)) - {os.getpid()}:\n        try:\n"
+                       "            os.kill(pid, signal.SIGKILL)\n        except OSError:\n            pass\n"
+                       "    os._exit(0)\n",  # then claim success: were the runner dead, nobody could tell
     "forge a result": "    import json\n    open('/proc/1/fd/1', 'w').write(json.dumps({'status': 'ok'}) + '\\n')\n",
 }
 

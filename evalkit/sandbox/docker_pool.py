@@ -47,6 +47,7 @@ def docker_run_args(image: str, name: str) -> list[str]:
         "--ulimit", "nofile=1024:1024",
         "--log-driver", "none",
         "--env-file", os.devnull,  # nothing from the host environment
+        "--env", "PYTHONHASHSEED=0",  # forked Python programs inherit it: set order must not vary by worker
         "--workdir", "/tmp",
         image,
         "python3", "-u", "-c", runner_source(),
