@@ -83,6 +83,7 @@ class NativeBackend(Backend):
         cls, spec: str, dtype: str | None = None, device: str | None = None, batch_size: int = 8
     ) -> NativeBackend:
         """Load a registry name (codestral-mamba, mistral-7b, ...) or a checkpoint directory."""
+        torch_dtype = parse_dtype(dtype)
         try:
             path = resolve_checkpoint(spec)
             arch = model_arch(path)
@@ -93,7 +94,7 @@ class NativeBackend(Backend):
                 )
             _, config = read_config(path)
             tokenizer = tokenizer_for_vocab(int(config["vocab_size"]))
-            model = load_model(path, parse_dtype(dtype), device)
+            model = load_model(path, torch_dtype, device)
         except (CheckpointError, KeyError, ValueError) as e:
             raise BackendError(str(e)) from e
         return cls(model, tokenizer, spec=spec, path=path, arch=arch, batch_size=batch_size)
