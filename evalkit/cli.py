@@ -53,8 +53,9 @@ def run(
     seed: Annotated[int, typer.Option(help="Run seed; each sample's seed derives from it, the problem and the "
                                            "sample index, so resumed runs draw the same samples.")] = 1234,
     max_tokens: Annotated[int | None, typer.Option(help="Override each task's generation length limit.")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Task prompt variant, where a task has several "
-                                                    "(e.g. `boxed` for math, `zero-shot` for mbpp).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Prompt variant for the tasks that have several (e.g. `boxed` "
+                                                    "for math, `zero-shot` for mbpp), or per task: "
+                                                    "`math=minerva,mbpp=zero-shot`.")] = None,
     output_dir: Annotated[Path, typer.Option(help="Where run folders are created.")] = Path("results/runs"),
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder: finished samples are "
                                                      "neither regenerated nor re-executed.")] = None,
@@ -92,7 +93,7 @@ def run(
             sampling=SamplingParams(n=samples, temperature=temperature, top_p=top_p, seed=seed),
             data=DataConfig.from_options(data_dir, hub=hub, revision=dataset_revision, spider_db_dir=spider_db_dir),
             batch_size=batch_size, max_tokens=max_tokens, unsafe_local=unsafe_local_execution,
-            sandbox_workers=sandbox_workers, task_options={"prompt_variant": prompt},
+            sandbox_workers=sandbox_workers, task_options={"prompt_variant": parse_per_task(prompt)},
             backend_options={k: v for k, v in {"dtype": dtype, "device": device, "batch_size": batch_size}.items()
                              if v is not None and not model.startswith(("replay:", "reference"))},
         )
@@ -105,6 +106,16 @@ def run(
         fail(str(e))
     typer.echo(format_results(results))
     typer.echo(f"\nwrote {path / 'results.json'} and {path / 'samples.jsonl'}")
+
+
+def parse_per_task(value: str | None) -> str | dict[str, str] | None:
+    """`X` applies to every task; `task=X,task2=Y` to the named tasks."""
+    if value is None or "=" not in value:
+        return value
+    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    if any(len(p) != 2 or not p[0].strip() for p in pairs):
+        fail(f"cannot read {value!r}: write one value, or task=value pairs separated by commas")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def format_results(results: dict) -> str:

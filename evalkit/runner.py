@@ -27,7 +27,7 @@ from evalkit.data import DataConfig
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.sandbox import Sandbox, open_sandbox
 from evalkit.store import RunStore, RunStoreError
-from evalkit.tasks import Doc, Scored, Task, get_task
+from evalkit.tasks import Doc, Scored, Task, TaskError, get_task
 
 # Settings recorded in run.json that must match for a resume; the rest (timestamps, versions) may differ.
 COMPARABLE_KEYS = ("model", "backend", "sampling", "limit", "tasks")
@@ -94,13 +94,23 @@ def package_versions() -> dict:
 
 
 def build_tasks(opts: RunOptions) -> dict[str, Task]:
-    tasks = {}
-    for name in opts.tasks:
-        task = get_task(name, opts.data)
-        for key, value in opts.task_options.items():
-            if value is not None and hasattr(task, key):
-                setattr(task, key, value)
-        tasks[name] = task
+    """Instantiate the tasks and apply task options: a plain value goes to every task with that setting,
+    a {task: value} dict to the named tasks only."""
+    tasks = {name: get_task(name, opts.data) for name in opts.tasks}
+    for key, value in opts.task_options.items():
+        if isinstance(value, dict):
+            unknown = set(value) - set(tasks)
+            if unknown:
+                names = ", ".join(sorted(unknown))
+                raise TaskError(f"task option {key} names task(s) not selected with --tasks: {names}")
+            for name, v in value.items():
+                if not hasattr(tasks[name], key):
+                    raise TaskError(f"task {name} has no {key.replace('_', ' ')} to set")
+                setattr(tasks[name], key, v)
+        elif value is not None:
+            for task in tasks.values():
+                if hasattr(task, key):
+                    setattr(task, key, value)
     return tasks
 
 
