@@ -1,0 +1,45 @@
+"""The command line explains itself and lists every benchmark the issues name."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from evalkit.cli import app, parse_per_task
+from evalkit.tasks import broken_task_modules, task_names
+
+EXPECTED_TASKS = {
+    "humaneval", "mbpp", "mbpp-sanitized", "cruxeval-o", "cruxeval-i", "spider",
+    "multipl-e-cpp", "multipl-e-java", "multipl-e-js", "multipl-e-sh",
+    "humaneval-x-cpp", "humaneval-x-java", "humaneval-x-js", "humaneval-x-go", "humaneval-x-rust",
+    "math", "math500", "gsm8k", "mmlu", "aime24",
+}
+
+
+def test_every_task_is_registered_and_every_adapter_imports():
+    assert broken_task_modules() == {}
+    assert EXPECTED_TASKS <= set(task_names())
+
+
+def test_tasks_command_lists_them_with_a_description():
+    res = CliRunner().invoke(app, ["tasks"])
+    assert res.exit_code == 0
+    listed = {line.split()[0]: line for line in res.output.splitlines() if line.strip()}
+    assert EXPECTED_TASKS <= set(listed)
+    assert all(len(line.split()) > 2 for line in listed.values())  # each has a description
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["tasks"], ["sandbox"], ["sandbox", "build"], ["sandbox", "check"],
+                                     ["report"], ["compare"], ["gate"], ["bench"]])
+def test_help_explains_each_command(command):
+    res = CliRunner().invoke(app, [*command, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage" in res.output and len(res.output.splitlines()) > 5
+
+
+def test_per_task_prompt_option():
+    assert parse_per_task(None) is None
+    assert parse_per_task("boxed") == "boxed"
+    assert parse_per_task("math=minerva, aime24=boxed") == {"math": "minerva", "aime24": "boxed"}
+    res = CliRunner().invoke(app, ["run", "--model", "reference", "--tasks", "math500", "--prompt", "gsm8k=boxed"])
+    assert res.exit_code == 2 and "not selected with --tasks: gsm8k" in res.output
