@@ -342,6 +342,27 @@ def test_stacked_caches_of_different_lengths(swa):
     assert out[1] == refs[1][:13]
 
 
+@pytest.mark.parametrize("variant", ["swa", "full"])
+@torch.no_grad()
+def test_chunk_after_stacking_caches_of_different_lengths(variant, swa, full, query_block):
+    """A multi-token chunk on rows at different positions matches each row's own one-shot forward."""
+    _, hf_dir, _ = swa if variant == "swa" else full
+    model = load(hf_dir)
+    gen = torch.Generator().manual_seed(13)
+    prompts = [torch.randint(0, VOCAB, (1, n), generator=gen) for n in (3, 14, 29, 50)]
+    chunk = torch.randint(0, VOCAB, (4, 21), generator=gen)
+    caches = []
+    for p in prompts:
+        caches.append(model.new_cache(1))
+        model.forward_cached(p, caches[-1])
+    cache = KVCache.stack(caches)
+    got = model.forward_cached(chunk, cache)
+    for row, p in enumerate(prompts):
+        ref = model(torch.cat((p, chunk[row : row + 1]), dim=1))[0, -21:]
+        assert (got[row] - ref).abs().max() < 1e-5
+    assert cache.lengths.tolist() == [24, 35, 50, 71]
+
+
 # ----------------------------------------------------------------------------------------- dtypes
 
 

@@ -180,6 +180,9 @@ class AttnPlan:
     blocks: list[AttnBlock]
     cache_slots: int = 0  # buffer prefix the attention reads (the slots that can be filled)
     write_slots: Tensor | None = None  # (B, n): buffer slots receiving the chunk's last n keys
+    # The same slots as (offset in those n keys, first slot, count) runs, when every row uses the same
+    # slots: plain slice copies then replace the slower scattered write.
+    write_runs: list[tuple[int, int, int]] | None = None
     write_first: bool = False  # single-token decode: store the key, then attend over the buffer
 
 
@@ -202,7 +205,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
 
         if kv is not None and plan.write_first:
-            _store(kv, k, v, plan.write_slots)
+            _store(kv, k, v, plan)
         outs = []
         for blk in plan.blocks:
             keys, values = k[:, :, blk.keys], v[:, :, blk.keys]
@@ -219,13 +222,19 @@ class Attention(nn.Module):
         if kv is not None and not plan.write_first:
             # After attending: in a chunk, later keys would overwrite slots earlier queries still see.
             n = plan.write_slots.shape[1]
-            _store(kv, k[:, :, T - n :], v[:, :, T - n :], plan.write_slots)
+            _store(kv, k[:, :, T - n :], v[:, :, T - n :], plan)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 
-def _store(kv: tuple[Tensor, Tensor], k: Tensor, v: Tensor, slots: Tensor) -> None:
-    """Write (B, kv_heads, n, D) keys/values into buffer slots (B, n); rows may use different slots."""
+def _store(kv: tuple[Tensor, Tensor], k: Tensor, v: Tensor, plan: AttnPlan) -> None:
+    """Write (B, kv_heads, n, D) keys/values into the plan's buffer slots."""
+    if plan.write_runs is not None:
+        for src, dst, count in plan.write_runs:
+            kv[0][:, :, dst : dst + count] = k[:, :, src : src + count]
+            kv[1][:, :, dst : dst + count] = v[:, :, src : src + count]
+        return
+    slots = plan.write_slots  # rows at different positions: each row its own slots
     rows = torch.arange(k.shape[0], device=slots.device)[:, None]
     kv[0][rows, :, slots] = k.transpose(1, 2)
     kv[1][rows, :, slots] = v.transpose(1, 2)
@@ -421,6 +430,11 @@ class Mistral(nn.Module):
             plan = AttnPlan(blocks=[], cache_slots=min(cache.slots, held))
             plan.blocks = self._blocks(positions, cache.slot_pos[:, : plan.cache_slots] if held else None)
         plan.write_slots = slots.to(self.device)
+        if bool((cache.lengths == cache.lengths[0]).all()):
+            # Consecutive positions: one run of slots, or two where the rolling buffer wraps around.
+            first = int(slots[0, 0])
+            wrap = n if W is None else min(n, W - first)
+            plan.write_runs = [(0, first, wrap)] + ([(wrap, 0, n - wrap)] if wrap < n else [])
 
         logits = self._run(input_ids, positions, plan, cache, last_only)
         if T > 1:
@@ -433,7 +447,7 @@ class Mistral(nn.Module):
         W = self.config.sliding_window
         T = positions.shape[1]
         size = T if W is None else min(W, QUERY_BLOCK)
-        blocks = []
+        blocks, masks = [], {}
         for start in range(0, T, size):
             stop = min(start + size, T)
             first_key = 0 if W is None else max(0, start - W + 1)
@@ -443,10 +457,16 @@ class Mistral(nn.Module):
                 # Keys are exactly these queries' positions, all within one window: plain causal.
                 blocks.append(AttnBlock(slice(start, stop), slice(start, stop), False, None, causal=True))
                 continue
-            k_pos = positions[:, first_key:stop]
             if with_cache:
-                k_pos = torch.cat((cache_pos, k_pos), dim=1)
-            mask = _additive(_visible(positions[:, start:stop], k_pos, W), self.dtype, self.device)
+                k_pos = torch.cat((cache_pos, positions[:, first_key:stop]), dim=1)
+                mask = _additive(_visible(positions[:, start:stop], k_pos, W), self.dtype, self.device)
+            else:
+                # Within the chunk only offsets matter: one mask serves every row and every full block.
+                shape = (start - first_key, stop - first_key)
+                if shape not in masks:
+                    rel = torch.arange(shape[1])[None]
+                    masks[shape] = _additive(_visible(rel[:, shape[0] :], rel, W), self.dtype, self.device)
+                mask = masks[shape]
             blocks.append(AttnBlock(slice(start, stop), slice(first_key, stop), with_cache, mask))
         return blocks
 
