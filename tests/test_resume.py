@@ -138,3 +138,31 @@ def test_resume_refuses_different_settings(slow_replay, clean_run, tmp_path):
                              "--resume", str(run_dir)), capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "cannot resume" in res.stderr and "limit" in res.stderr
+
+
+def test_full_disk_stops_cleanly_and_resumes(tmp_path, monkeypatch):
+    from evalkit.runner import RunInterrupted
+    from evalkit.store import RunStore
+
+    real_append = RunStore.append
+    writes = {"n": 0}
+
+    def append_until_disk_full(self, name, rows):
+        writes["n"] += 1
+        if writes["n"] == 4:
+            raise OSError(28, "No space left on device")
+        return real_append(self, name, rows)
+
+    opts = RunOptions(model="reference", tasks=["humaneval"], limit=40, output_dir=tmp_path,
+                      data=DataConfig.from_options(), batch_size=8)
+    monkeypatch.setattr(RunStore, "append", append_until_disk_full)
+    with pytest.raises(RunInterrupted) as stopped:
+        run_evaluation(opts, progress=False, log=lambda m: None)
+    run_dir = stopped.value.path
+    finished = len((run_dir / "samples.jsonl").read_text().splitlines())
+    assert 0 < finished < 40
+    monkeypatch.setattr(RunStore, "append", real_append)
+    _, results = run_evaluation(RunOptions(**{**opts.__dict__, "resume": run_dir}), progress=False,
+                                log=lambda m: None)
+    assert results["tasks"]["humaneval"]["verdicts"] == {"passed": 40}
+    assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 40
