@@ -91,7 +91,7 @@ PRESETS: dict[str, BenchConfig] = {
         mamba2=dict(d_model=64, n_layers=2, vocab_size=512, d_state=16, headdim=16, n_groups=1, chunk_size=32),
         transformer=dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=128, vocab_size=512,
                          sliding_window=64),
-        contexts=_log2_range(32, 256),
+        contexts=_log2_range(32, 512),
         repeats=2,
         warmup=1,
         decode_tokens=4,
@@ -380,7 +380,7 @@ def measure_point(model: torch.nn.Module, arch: str, context: int, cfg: BenchCon
 
 
 def measure_arch(arch: str, cfg: BenchConfig, device: torch.device, budget_override: float | None,
-                 tick: Callable[[str], None]) -> list[BenchRow]:
+                 tick: Callable[..., None]) -> list[BenchRow]:
     """The curve of one architecture, stopped cleanly at the first size that does not fit."""
     contexts = sorted(cfg.contexts)
     weights = parameter_bytes(arch, cfg)
@@ -388,7 +388,7 @@ def measure_arch(arch: str, cfg: BenchConfig, device: torch.device, budget_overr
     if memory_in_use(device) + weights > FIT_MARGIN * budget:
         why = f"weights alone need {weights / MIB:.0f} MiB; budget {budget / MIB:.0f} MiB"
         for _ in contexts:
-            tick(arch)
+            tick(arch, done=True)
         return [BenchRow(arch, c, "would not fit", note=why) for c in contexts]
     model = build_model(arch, cfg, device)
     vocab = cfg.mamba2["vocab_size"] if arch == "mamba2" else cfg.transformer["vocab_size"]
@@ -398,7 +398,9 @@ def measure_arch(arch: str, cfg: BenchConfig, device: torch.device, budget_overr
     stop: tuple[str, str] | None = None
     try:
         for context in contexts:
-            tick(arch)
+            if rows:
+                tick(arch, done=True)
+            tick(f"{arch} {context}", done=False)
             if stop is None:
                 predicted = predict_peak(done, base, context)
                 if predicted is not None and predicted > FIT_MARGIN * budget:
@@ -422,6 +424,7 @@ def measure_arch(arch: str, cfg: BenchConfig, device: torch.device, budget_overr
                                          f"{budget / MIB:.0f} MiB budget")
             rows.append(row)
             done.append((context, int(row.peak_mem_mib * MIB)))
+        tick(arch, done=True)
     finally:
         del model
         _free(device)
@@ -501,9 +504,12 @@ def run_bench(cfg: BenchConfig, device: str = "cpu", threads: int | None = None,
     start = time.perf_counter()
     bar = tqdm(total=len(archs) * len(cfg.contexts), unit="point", disable=not progress, dynamic_ncols=True)
     try:
-        def tick(arch: str) -> None:
-            bar.set_description(arch)
-            bar.update(1)
+        def tick(what: str, done: bool) -> None:
+            """Name the point being measured, or count one as finished."""
+            if done:
+                bar.update(1)
+            else:
+                bar.set_description(what)
 
         for arch in archs:
             result.rows += measure_arch(arch, cfg, dev, max_memory_gib, tick)

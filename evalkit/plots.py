@@ -66,8 +66,11 @@ BENCH_PANELS = {
 
 
 def _tokens(value: float, _pos: object = None) -> str:
-    """Axis label for a token count: 512, 1K, 64K."""
-    return f"{value / 1024:g}K" if value >= 1024 else f"{value:g}"
+    """Axis label for a token count: 512, 1K, 64K, 1M."""
+    for power, unit in ((40, "T"), (30, "G"), (20, "M"), (10, "K")):
+        if value >= 2**power:
+            return f"{value / 2**power:.4g}{unit}"
+    return f"{value:.4g}"
 
 
 def bench_chart(rows: Sequence[dict], panel: str, subtitle: str) -> bytes:
@@ -97,8 +100,11 @@ def bench_chart(rows: Sequence[dict], panel: str, subtitle: str) -> bytes:
                     transform=ax.get_xaxis_transform(), label=f"{arch}: stopped (would not fit)")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(_tokens))
-    if log_y:
+    measured = (frame["status"] == "ok").any()
+    if log_y and measured:
         ax.set_yscale("log")
+    if not measured:
+        ax.text(0.5, 0.5, "nothing measured: no size fitted", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title}\n{subtitle}", fontsize=10)
