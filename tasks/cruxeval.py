@@ -1,0 +1,177 @@
+"""CRUXEval-O and CRUXEval-I (800 Python functions each): the paper's 2-shot direct prompts, checked by execution.
+
+The answer is read from the completion as CRUXEval's own postprocessing reads it (what lies inside
+[ANSWER]...[/ANSWER]; -O: the text after `==`, -I: the call before it). -O executes
+`assert f(input) == prediction` and rejects a prediction that calls `f(` itself; -I executes
+`assert f(prediction) == output` (CRUXEval: `assert output == f(...)`) and requires the call to `f`.
+Both run in the sandbox with CRUXEval's 3 s timeout. The published pass@1 is the unbiased estimate
+from n=10 samples at temperature 0.2 (top-p 0.95): `--samples 10 --temperature 0.2 --top-p 0.95`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
+from evalkit.execution import run_scored, success_marker, toolchain_versions
+from evalkit.requests import GenerationRequest, SamplingParams
+from evalkit.sandbox import Program
+from evalkit.tasks import Scored, Task, TaskError, register
+
+STOP = ("[/ANSWER]",)
+PUBLISHED_SAMPLING = {"n": 10, "temperature": 0.2, "top_p": 0.95}
+
+OUTPUT_PROMPT = """You are given a Python function and an assertion containing an input to the function. Complete the assertion with a literal (no unsimplified expressions, no function calls) containing the output when executing the provided code on the given input, even if the function is incorrect or incomplete. Do NOT output any extra information. Provide the full assertion with the correct output in [ANSWER] and [/ANSWER] tags, following the examples.
+
+[PYTHON]
+def f(n):
+    return n
+assert f(17) == ??
+[/PYTHON]
+[ANSWER]
+assert f(17) == 17
+[/ANSWER]
+
+[PYTHON]
+def f(s):
+    return s + "a"
+assert f("x9j") == ??
+[/PYTHON]
+[ANSWER]
+assert f("x9j") == "x9ja"
+[/ANSWER]
+
+[PYTHON]
+{code}
+assert f({input}) == ??
+[/PYTHON]
+[ANSWER]
+"""  # noqa: E501 - CRUXEval's prompts.py, verbatim
+
+INPUT_PROMPT = """You will be given a function f and an output in the form f(??) == output. Find any input such that executing f on the input leads to the given output. There may be multiple answers, but you should only output one. In [ANSWER] and [/ANSWER] tags, complete the assertion with one such input that will produce the output when executing the function.
+
+[PYTHON]
+def f(my_list):
+    count = 0
+    for i in my_list:
+        if len(i) % 2 == 0:
+            count += 1
+    return count
+assert f(??) == 3
+[/PYTHON]
+[ANSWER]
+assert f(["mq", "px", "zy"]) == 3
+[/ANSWER]
+
+[PYTHON]
+def f(s1, s2):
+    return s1 + s2
+assert f(??) == "banana"
+[/PYTHON]
+[ANSWER]
+assert f("ba", "nana") == "banana"
+[/ANSWER]
+
+[PYTHON]
+{code}
+assert f(??) == {output}
+[/PYTHON]
+[ANSWER]
+"""  # noqa: E501 - CRUXEval's prompts.py, verbatim
+
+
+def answer_text(completion: str) -> str:
+    """What lies inside [ANSWER]...[/ANSWER] (the prompt opens the tag; a CoT completion may open it again)."""
+    if "[ANSWER]" in completion:
+        completion = completion.split("[ANSWER]")[1]
+    return completion.split("[/ANSWER]")[0]
+
+
+class CRUXEval(Task):
+    uses_sandbox = True
+    timeout = 3.0  # CRUXEval's check_correctness
+    memory_mb = 1024
+    mode: str  # "output" or "input"
+
+    def docs(self) -> list[dict]:
+        local = self.data.local("cruxeval/cruxeval.jsonl")
+        if local is not None:
+            rows = [row for _, row in read_jsonl(local)]
+            self.provenance = file_provenance(local)
+        else:
+            rows, self.provenance = hub_rows("cruxeval-org/cruxeval", "test", revision=self.data.revision)
+        docs = []
+        for i, row in enumerate(rows):
+            require_fields(row, ("id", "code", "input", "output"), f"{self.name} row {i}")
+            docs.append({**row, "task_id": row["id"]})
+        if not docs:
+            raise TaskError(f"{self.name}: the dataset is empty")
+        return docs
+
+    def request(self, doc: dict) -> GenerationRequest:
+        if self.mode == "output":
+            prompt = OUTPUT_PROMPT.format(code=doc["code"], input=doc["input"])
+        else:
+            prompt = INPUT_PROMPT.format(code=doc["code"], output=doc["output"])
+        reference = f"assert f({doc['input']}) == {doc['output']}\n"
+        return GenerationRequest(doc["task_id"], prompt, STOP, 256, reference=reference)
+
+    def extract(self, completion: str) -> str:
+        """CRUXEval's postprocess_generation for the direct prompts."""
+        answer = answer_text(completion)
+        if self.mode == "output":
+            return answer.split("==")[1].strip() if "==" in answer else answer.strip()
+        if "==" in answer:
+            answer = answer.split("==")[0].strip()
+        if "assert" in answer:
+            answer = answer.split("assert")[1].strip()
+        return answer.strip()
+
+    def score(self, doc: dict, completion: str, sandbox) -> Scored:
+        prediction = self.extract(completion)
+        if self.mode == "output" and "f(" in prediction:
+            return Scored("failed", answer=prediction, error="the predicted output calls f(, which is not a literal")
+        if self.mode == "input" and "f(" not in prediction:
+            return Scored("failed", answer=prediction, error="the predicted input is not a call f(...)")
+        check = f"f({doc['input']}) == {prediction}" if self.mode == "output" else f"{prediction} == {doc['output']}"
+        text = f"{doc['code']}\nassert {check}\n"
+        marker = success_marker(text)
+        text += f"print({marker!r})\n"
+        prog = Program({"main.py": text}, (("python3", "main.py"),), self.timeout, self.memory_mb)
+        scored = run_scored(sandbox, prog, text, marker)
+        scored.answer = prediction
+        return scored
+
+    def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
+        out = super().aggregate(records, sampling)
+        published = {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p}
+        out["published_setting"] = published == PUBLISHED_SAMPLING
+        return out
+
+    def settings(self) -> dict:
+        return {
+            "prompt": f"CRUXEval make_direct_{self.mode}_prompt (2-shot), verbatim",
+            "stop": list(STOP),
+            "extraction": "inside [ANSWER]...[/ANSWER]; " + ("text after '=='" if self.mode == "output"
+                                                             else "call before '==', after 'assert'"),
+            "checker": ("assert f(input) == prediction; predictions containing 'f(' fail" if self.mode == "output"
+                        else "assert prediction == output; predictions without 'f(' fail"),
+            "published_sampling": PUBLISHED_SAMPLING,
+            "timeout_s": self.timeout,
+            "memory_mb": self.memory_mb,
+        }
+
+    def environment(self, sandbox) -> dict:
+        return toolchain_versions(sandbox, {"python": ("python3", "--version")})
+
+
+@register("cruxeval-o")
+class CRUXEvalOutput(CRUXEval):
+    name = "cruxeval-o"
+    mode = "output"
+
+
+@register("cruxeval-i")
+class CRUXEvalInput(CRUXEval):
+    name = "cruxeval-i"
+    mode = "input"

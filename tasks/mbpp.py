@@ -1,0 +1,134 @@
+"""MBPP (500 test problems, task ids 11-510) and MBPP-sanitized (257): the standard 3-shot [BEGIN]/[DONE] prompt.
+
+Exemplars are task ids 2, 3 and 4 with all their tests, laid out as lm-evaluation-harness's `mbpp` task
+does. `--prompt zero-shot` drops the exemplars. A completion passes when its code, then the row's
+test setup (full MBPP: `test_setup_code`, which may use the solution's classes; sanitized: the
+`test_imports`, placed first), then every assert of `test_list` run to the end in python3.
+"""
+
+from __future__ import annotations
+
+import json
+
+from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
+from evalkit.execution import run_scored, success_marker, toolchain_versions
+from evalkit.requests import GenerationRequest
+from evalkit.sandbox import Program
+from evalkit.sanitize import FENCE, sanitize_python_completion
+from evalkit.tasks import Scored, Task, TaskError, register
+
+STOP = ("[DONE]",)
+EXEMPLAR_IDS = (2, 3, 4)
+TEST_IDS = range(11, 511)
+VARIANTS = (None, "zero-shot")
+# Reference solutions that fail their own tests, by task id, with the reason (none found: see the tests).
+KNOWN_BROKEN: dict[str, dict[str, str]] = {"mbpp": {}, "mbpp-sanitized": {}}
+
+
+def describe_problem(text: str, tests: list[str]) -> str:
+    tests_text = "\n".join(tests)
+    return (f"You are an expert Python programmer, and here is your task: {text} "
+            f"Your code should pass these tests:\n\n{tests_text}\n[BEGIN]\n")
+
+
+@register("mbpp")
+class MBPP(Task):
+    name = "mbpp"
+    uses_sandbox = True
+    timeout = 60.0  # wall-clock, generous: task 123's own solution needs ~4 s of CPU, 20+ s on a loaded machine
+    memory_mb = 1024
+    text_field = "text"
+    hub_config = "full"
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.prompt_variant: str | None = None  # set by the runner from --prompt
+        self.exemplars: list[dict] = []
+
+    def load_rows(self) -> list[dict]:
+        local = self.data.local("mbpp/mbpp.jsonl")
+        if local is not None:
+            self.provenance = file_provenance(local)
+            return [row for _, row in read_jsonl(local)]
+        test, self.provenance = hub_rows("google-research-datasets/mbpp", "test", self.hub_config, self.data.revision)
+        prompt_split, _ = hub_rows("google-research-datasets/mbpp", "prompt", self.hub_config, self.data.revision)
+        return prompt_split + test
+
+    def docs(self) -> list[dict]:
+        if self.prompt_variant not in VARIANTS:
+            raise TaskError(f"{self.name}: unknown --prompt {self.prompt_variant!r}; choose zero-shot or leave it out")
+        rows = self.load_rows()
+        for i, row in enumerate(rows):
+            require_fields(row, ("task_id", self.text_field, "code", "test_list"), f"{self.name} row {i}")
+        by_id = {row["task_id"]: row for row in rows}
+        missing = [i for i in EXEMPLAR_IDS if i not in by_id]
+        if missing:
+            raise TaskError(f"{self.name}: the few-shot exemplars (task ids {missing}) are missing from the data")
+        self.exemplars = [by_id[i] for i in EXEMPLAR_IDS]
+        docs = [{**row, "task_id": str(row["task_id"])} for row in rows if row["task_id"] in TEST_IDS]
+        if not docs:
+            raise TaskError(f"{self.name}: no rows with task ids 11-510 (the test split)")
+        return docs
+
+    def prompt(self, doc: dict) -> str:
+        shots = [] if self.prompt_variant == "zero-shot" else self.exemplars
+        parts = [describe_problem(s[self.text_field], s["test_list"]) + s["code"] + "\n[DONE]" for s in shots]
+        return "\n\n".join(parts + [describe_problem(doc[self.text_field], doc["test_list"])])
+
+    def request(self, doc: dict) -> GenerationRequest:
+        return GenerationRequest(doc["task_id"], self.prompt(doc), STOP, 512, reference=doc["code"] + "\n[DONE]")
+
+    def setup(self, doc: dict) -> tuple[str, str]:
+        """Code placed before and after the completion, ahead of the asserts."""
+        return "", doc.get("test_setup_code") or ""
+
+    def program(self, doc: dict, completion: str) -> tuple[str, str]:
+        lines = completion.split("\n")
+        if lines and FENCE.match(lines[0]):  # a zero-shot answer in a markdown block
+            completion = "\n".join(lines[1:])
+        code = sanitize_python_completion("", completion, STOP)
+        before, after = self.setup(doc)
+        text = f"{before}{code}\n{after}\n" + "\n".join(doc["test_list"]) + "\n"
+        marker = success_marker(text)
+        return text + f"print({marker!r})\n", marker
+
+    def score(self, doc: dict, completion: str, sandbox) -> Scored:
+        text, marker = self.program(doc, completion)
+        prog = Program({"main.py": text}, (("python3", "main.py"),), self.timeout, self.memory_mb)
+        return run_scored(sandbox, prog, text, marker)
+
+    def settings(self) -> dict:
+        return {
+            "prompt": self.prompt_variant or f"3-shot (task ids {list(EXEMPLAR_IDS)}), all tests shown, [BEGIN]/[DONE]",
+            "exemplar_ids": [] if self.prompt_variant == "zero-shot" else list(EXEMPLAR_IDS),
+            "stop": list(STOP),
+            "sanitizer": "drop a leading markdown fence; cut at [DONE] and fences; drop unparsable trailing lines",
+            "checker": "test setup + completion + every assert of test_list, python3, exit 0 and success marker",
+            "timeout_s": self.timeout,
+            "memory_mb": self.memory_mb,
+        }
+
+    def environment(self, sandbox) -> dict:
+        return toolchain_versions(sandbox, {"python": ("python3", "--version")})
+
+
+@register("mbpp-sanitized")
+class MBPPSanitized(MBPP):
+    name = "mbpp-sanitized"
+    text_field = "prompt"
+    hub_config = "sanitized"
+
+    def load_rows(self) -> list[dict]:
+        local = self.data.local("mbpp/sanitized-mbpp.json")
+        if local is None:
+            return super().load_rows()
+        try:
+            rows = json.loads(local.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{local}: not valid JSON ({e.msg})") from None
+        self.provenance = file_provenance(local)
+        return rows
+
+    def setup(self, doc: dict) -> tuple[str, str]:
+        imports = doc.get("test_imports") or []
+        return "".join(f"{line}\n" for line in imports), ""

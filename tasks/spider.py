@@ -1,0 +1,165 @@
+"""Spider dev (1034 questions): schema-in-prompt text-to-SQL, scored by execution accuracy.
+
+The prompt gives the database's tables as CREATE TABLE statements (from tables.json), the question as
+a SQL comment, and ends with `SELECT`, which the completion continues. The predicted and the gold
+query run against `database/<db_id>/<db_id>.sqlite`; results match as multisets of rows (as lists
+when the gold query has ORDER BY), with the columns in any order. A prediction that errors or runs
+out of time is wrong. A question whose database is missing is reported as skipped (verdict
+"skipped", counted in `skipped_db_missing`) and left out of the denominator.
+
+Queries run on the host, not in the sandbox (see evalkit.sqlite_readonly): SQL cannot leave SQLite
+without extensions, and the connection is read-only, refuses extensions, ATTACH, PRAGMA and every
+write through an authorizer, and is stopped by a progress handler at the timeout. This keeps the
+databases (binary files) out of the sandbox's text-only programs and costs milliseconds a query.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from evalkit.data import file_provenance, hub_rows, require_fields, sha256_file
+from evalkit.requests import GenerationRequest, SamplingParams
+from evalkit.sqlite_readonly import QueryError, run_query
+from evalkit.tasks import Scored, Task, TaskError, register
+
+STOP = (";", "\n\n", "\n--")
+TIMEOUT = 30.0
+DOWNLOAD_HELP = ("Download Spider from https://yale-lily.github.io/spider (spider.zip holds database/ and "
+                 "tables.json) and pass its folder with --spider-db-dir.")
+
+
+def create_table_schema(schema: dict) -> str:
+    """CREATE TABLE statements for one tables.json entry: columns with types, primary and foreign keys."""
+    columns = schema["column_names_original"]
+    types = schema["column_types"]
+    tables = []
+    for t, table in enumerate(schema["table_names_original"]):
+        lines = [f"  {name} {types[c]}" for c, (owner, name) in enumerate(columns) if owner == t]
+        keys = [columns[c][1] for c in schema["primary_keys"] if isinstance(c, int) and columns[c][0] == t]
+        if keys:
+            lines.append(f"  PRIMARY KEY ({', '.join(keys)})")
+        for src, dst in schema["foreign_keys"]:
+            if columns[src][0] == t:
+                ref_table = schema["table_names_original"][columns[dst][0]]
+                lines.append(f"  FOREIGN KEY ({columns[src][1]}) REFERENCES {ref_table}({columns[dst][1]})")
+        tables.append(f"CREATE TABLE {table} (\n" + ",\n".join(lines) + "\n);")
+    return "\n\n".join(tables)
+
+
+def results_match(gold: list[tuple], predicted: list[tuple], order_matters: bool) -> bool:
+    """Equal as multisets of rows (as lists when order matters), under some reordering of the columns."""
+    if not gold or not predicted:
+        return not gold and not predicted
+    width = len(gold[0])
+    if len(gold) != len(predicted) or len(predicted[0]) != width:
+        return False
+    gold_columns = [Counter(row[i] for row in gold) for i in range(width)]
+    predicted_columns = [Counter(row[j] for row in predicted) for j in range(width)]
+    # Only a predicted column with the same values can stand for a gold column.
+    candidates = [[j for j in range(width) if predicted_columns[j] == gold_columns[i]] for i in range(width)]
+    gold_rows = gold if order_matters else Counter(gold)
+    for perm in itertools.islice(itertools.product(*candidates), 100_000):
+        if len(set(perm)) != width:
+            continue
+        rows = [tuple(row[j] for j in perm) for row in predicted]
+        if (rows if order_matters else Counter(rows)) == gold_rows:
+            return True
+    return False
+
+
+@register("spider")
+class Spider(Task):
+    name = "spider"
+    uses_sandbox = False
+
+    def database_root(self) -> Path:
+        """The folder holding <db_id>/<db_id>.sqlite (accepts the download's top folder or its database/)."""
+        root = self.data.spider_db_dir
+        if root is None:
+            if self.data.mirror is None:
+                raise TaskError(f"spider needs its SQLite databases. {DOWNLOAD_HELP}")
+            root = self.data.mirror / "spider" / "database"
+        root = Path(root).expanduser()
+        if (root / "database").is_dir():
+            root = root / "database"
+        if not root.is_dir():
+            raise TaskError(f"the Spider database folder {root} does not exist. {DOWNLOAD_HELP}")
+        return root
+
+    def docs(self) -> list[dict]:
+        root = self.database_root()
+        tables_file = next((p for p in (root.parent / "tables.json", root / "tables.json") if p.is_file()), None)
+        if tables_file is None:
+            raise TaskError(f"tables.json (the schemas) is missing beside {root}. {DOWNLOAD_HELP}")
+        schemas = {s["db_id"]: s for s in json.loads(tables_file.read_text(encoding="utf-8"))}
+        local = self.data.local("spider/dev.json")
+        if local is not None:
+            rows = json.loads(local.read_text(encoding="utf-8"))
+            self.provenance = file_provenance(local, tables_file)
+        else:
+            rows, self.provenance = hub_rows("xlangai/spider", "validation", revision=self.data.revision)
+            self.provenance["files"] = {str(tables_file): sha256_file(tables_file)}
+        docs = []
+        for i, row in enumerate(rows):
+            require_fields(row, ("db_id", "question", "query"), f"spider row {i}")
+            if row["db_id"] not in schemas:
+                raise TaskError(f"spider row {i}: database {row['db_id']!r} has no schema in {tables_file}")
+            path = root / row["db_id"] / f"{row['db_id']}.sqlite"
+            docs.append({"task_id": f"spider/{i}", "db_id": row["db_id"], "question": row["question"],
+                         "query": row["query"], "db_path": str(path), "schema": schemas[row["db_id"]]})
+        self.provenance["databases"] = {
+            db: (sha256_file(p) if (p := root / db / f"{db}.sqlite").is_file() else "missing")
+            for db in sorted({d["db_id"] for d in docs})
+        }
+        return docs
+
+    def request(self, doc: dict) -> GenerationRequest:
+        prompt = (f"{create_table_schema(doc['schema'])}\n\n"
+                  "-- Using valid SQLite, answer the following question for the tables provided above.\n"
+                  f"-- {doc['question']}\nSELECT")
+        gold = re.sub(r"^\s*select\b", "", doc["query"].strip().rstrip(";"), flags=re.I)
+        return GenerationRequest(doc["task_id"], prompt, STOP, 256, reference=gold)
+
+    def score(self, doc: dict, completion: str, sandbox) -> Scored:
+        predicted = "SELECT" + completion.split(";")[0]
+        path = Path(doc["db_path"])
+        if not path.is_file():
+            return Scored("skipped", program=predicted, error=f"database missing: {path}")
+        try:
+            gold = run_query(path, doc["query"], TIMEOUT)
+        except QueryError as e:
+            return Scored("error", program=predicted, error=f"the gold query failed: {e}")
+        try:
+            rows = run_query(path, predicted, TIMEOUT, max_rows=len(gold) + 1)
+        except QueryError as e:
+            return Scored("timeout" if e.timed_out else "failed", program=predicted, error=str(e))
+        order_matters = re.search(r"\border\s+by\b", doc["query"], re.I) is not None
+        if results_match(gold, rows, order_matters):
+            return Scored("passed", program=predicted)
+        return Scored("failed", program=predicted, error=f"result differs from gold ({len(rows)} vs {len(gold)} rows)")
+
+    def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
+        scored = [r for r in records if r["verdict"] != "skipped"]
+        out = super().aggregate(scored, sampling)
+        for part in ("metrics", "stderr", "stderr_method"):
+            out[part] = {"execution_accuracy" if k == "pass@1" else k: v for k, v in out[part].items()}
+        skipped = {r["task_id"] for r in records if r["verdict"] == "skipped"}
+        out["skipped_db_missing"] = len(skipped)
+        out["scored_questions"] = len({r["task_id"] for r in scored})
+        return out
+
+    def settings(self) -> dict:
+        return {
+            "prompt": "CREATE TABLE schema from tables.json + '-- Using valid SQLite, answer ...' + question; "
+                      "completion continues 'SELECT'",
+            "stop": list(STOP),
+            "checker": "execution accuracy: multiset of rows (list if gold has ORDER BY), any column order; "
+                       "read-only SQLite on the host, errors and timeouts are wrong",
+            "timeout_s": TIMEOUT,
+            "skipped": "questions whose database file is missing: verdict 'skipped', outside the denominator",
+        }
