@@ -17,8 +17,10 @@ from evalkit.store import RunStore, RunStoreError
 
 # Config sections that describe where a run happened rather than what it measured.
 PROVENANCE_SECTIONS = ("packages", "git", "sandbox")
-# Config sections that name the model; they differ between the runs one compares, by design.
-IDENTITY_SECTIONS = ("model", "backend")
+# Config entries that name the model; they differ between the runs one compares, by design. How a backend
+# ran the model (dtype, device) is compared.
+IDENTITY_SECTIONS = ("model",)
+BACKEND_IDENTITY = ("name", "model", "path", "file", "sha256", "config_sha256", "arch", "tokenizer")
 
 
 @dataclass
@@ -129,6 +131,10 @@ def comparable_config(config: dict) -> dict[str, object]:
     out = {}
     for section, value in config.items():
         if section in IDENTITY_SECTIONS:
+            continue
+        if section == "backend" and isinstance(value, dict):
+            how = {k: v for k, v in value.items() if k not in BACKEND_IDENTITY}
+            out.update(flatten({section: how}) if how else {})
             continue
         if section == "tasks":
             for task in value:
