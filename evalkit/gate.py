@@ -231,7 +231,7 @@ def _gate_task(baseline: Run, candidate: Run, task: str, max_drop: float, alpha:
         a = np.array([base[i] for i in ids])
         b = np.array([cand[i] for i in ids])
         if n == 1:
-            broken, fixed = int(((a > b)).sum()), int((b > a).sum())
+            broken, fixed = int((a > b).sum()), int((b > a).sum())
             p = mcnemar_exact_p(broken, fixed)
             test, evidence = "McNemar exact", f"{broken} worse / {fixed} better"
         else:
