@@ -93,10 +93,26 @@ def test_sequences_leave_the_batch_without_changing_results(backend):
     lengths = [2, 9, 5, 1, 7]
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(lengths))]
     jobs = [GenerationJob(tok.encode(p), n, seeds=[0]) for p, n in zip(prompts, lengths, strict=True)]
-    results = generate_batch(backend.model, jobs, tok.decode_continuation, tok.eos_id, batch_size=2)
+    model = backend.model
+    step_rows = []
+
+    def spy(input_ids, cache, last_only=False):
+        if input_ids.shape[1] == 1:
+            step_rows.append(input_ids.shape[0])
+        return type(model).forward_cached(model, input_ids, cache, last_only)
+
+    model.forward_cached = spy
+    try:
+        results = generate_batch(model, jobs, tok.decode_continuation, tok.eos_id, batch_size=2)
+    finally:
+        del model.forward_cached
     for prompt, n, [completion] in zip(prompts, lengths, results, strict=True):
         assert completion.finish == "length" and len(completion.ids) == n
         assert completion.text == greedy_text(backend, prompt, n)
+    # The first token of each comes from its prefill; every other token costs one row in one step, and a
+    # finished sequence frees its row at once: no wasted rows, never more than batch_size per step.
+    assert sum(step_rows) == sum(n - 1 for n in lengths)
+    assert max(step_rows) == 2
 
 
 def test_sampling_is_seeded_per_sample_whatever_the_batching(backend, checkpoint_dir):

@@ -204,6 +204,19 @@ def generate_batch(
             if len(row.ids) >= job.max_new_tokens:
                 row.finish = "length"
 
+    def leave(rows: list[_Row], cache: Cache | None) -> tuple[list[_Row], Cache | None]:
+        """Finished sequences leave the batch (and its cache); their results are final."""
+        if not any(row.finish for row in rows):
+            return rows, cache
+        for row in rows:
+            if row.finish:
+                text = row.text if jobs[row.job].stop else decode(jobs[row.job].prompt_ids, row.ids)
+                results[row.job][row.sample] = Completion(row.ids, text, row.finish)
+        keep = [i for i, row in enumerate(rows) if not row.finish]
+        if not keep:
+            return [], None
+        return [rows[i] for i in keep], cache.select(torch.tensor(keep, device=model.device))
+
     while waiting or rows:
         # Admit waiting samples into free batch slots, sampling their first token from the prefill.
         admitted: list[tuple[int, int]] = []
@@ -228,17 +241,7 @@ def generate_batch(
             record(new_rows, sample_tokens(logits, temperature, top_p, [r.generator for r in new_rows]))
             parts = ([cache] if cache is not None else []) + new_caches
             cache = type(parts[0]).stack(parts) if len(parts) > 1 else parts[0]
-            rows.extend(new_rows)
-
-        # Finished sequences leave the batch.
-        if any(row.finish for row in rows):
-            keep = [i for i, row in enumerate(rows) if not row.finish]
-            for row in rows:
-                if row.finish:
-                    text = row.text if jobs[row.job].stop else decode(jobs[row.job].prompt_ids, row.ids)
-                    results[row.job][row.sample] = Completion(row.ids, text, row.finish)
-            rows = [rows[i] for i in keep]
-            cache = cache.select(torch.tensor(keep, dtype=torch.long, device=model.device)) if rows else None
+            rows, cache = leave(rows + new_rows, cache)
         if not rows:
             continue
 
@@ -246,6 +249,7 @@ def generate_batch(
         last_tokens = torch.tensor([[row.ids[-1]] for row in rows], dtype=torch.long, device=model.device)
         logits = model.forward_cached(last_tokens, cache)[:, -1]
         record(rows, sample_tokens(logits, temperature, top_p, [r.generator for r in rows]))
+        rows, cache = leave(rows, cache)
     return results  # type: ignore[return-value]  # every slot is filled once its sample finishes
 
 
