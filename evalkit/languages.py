@@ -52,6 +52,11 @@ class Recipe:
         }
 
 
+def python() -> Recipe:
+    """`python3` (the sandbox runs it in a fork of its own interpreter: same semantics, no start-up cost)."""
+    return Recipe("python", "main.py", (), ("python3", "main.py"), 10.0, 1024, (("python", ("python3", "--version")),))
+
+
 def cpp(link: tuple[str, ...] = ()) -> Recipe:
     """`g++ -std=c++17`, then the binary (MultiPL-E's eval_cpp; HumanEval-X links -lcrypto for its md5 task)."""
     return Recipe("cpp", "main.cpp", (("g++", "-std=c++17", "-o", "main", "main.cpp", *link),), ("./main",),

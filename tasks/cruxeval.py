@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from evalkit import languages
 from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
-from evalkit.execution import run_scored, success_marker, toolchain_versions
+from evalkit.execution import run_scored, success_marker
 from evalkit.requests import GenerationRequest, SamplingParams
-from evalkit.sandbox import Program
 from evalkit.tasks import Scored, Task, TaskError, register
 
 STOP = ("[/ANSWER]",)
@@ -90,7 +90,6 @@ def answer_text(completion: str) -> str:
 class CRUXEval(Task):
     uses_sandbox = True
     timeout = 3.0  # CRUXEval's check_correctness
-    memory_mb = 1024
     mode: str  # "output" or "input"
 
     def docs(self) -> list[dict]:
@@ -137,8 +136,7 @@ class CRUXEval(Task):
         text = f"{doc['code']}\nassert {check}\n"
         marker = success_marker(text)
         text += f"print({marker!r})\n"
-        prog = Program({"main.py": text}, (("python3", "main.py"),), self.timeout, self.memory_mb)
-        scored = run_scored(sandbox, prog, text, marker)
+        scored = run_scored(sandbox, languages.python().program(text, self.timeout), text, marker)
         scored.answer = prediction
         return scored
 
@@ -157,12 +155,11 @@ class CRUXEval(Task):
             "checker": ("assert f(input) == prediction; predictions containing 'f(' fail" if self.mode == "output"
                         else "assert prediction == output; predictions without 'f(' fail"),
             "published_sampling": PUBLISHED_SAMPLING,
-            "timeout_s": self.timeout,
-            "memory_mb": self.memory_mb,
+            "run": languages.python().describe() | {"timeout_s_per_command": self.timeout},
         }
 
     def environment(self, sandbox) -> dict:
-        return toolchain_versions(sandbox, {"python": ("python3", "--version")})
+        return languages.toolchain_environment(sandbox, languages.python())
 
 
 @register("cruxeval-o")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 
+from evalkit import languages
 from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
-from evalkit.execution import run_scored, success_marker, toolchain_versions
+from evalkit.execution import run_scored, success_marker
 from evalkit.requests import GenerationRequest
-from evalkit.sandbox import Program
 from evalkit.sanitize import FENCE, sanitize_python_completion
 from evalkit.tasks import Scored, Task, TaskError, register
 
@@ -36,7 +36,6 @@ class MBPP(Task):
     name = "mbpp"
     uses_sandbox = True
     timeout = 60.0  # wall-clock, generous: task 123's own solution needs ~4 s of CPU, 20+ s on a loaded machine
-    memory_mb = 1024
     text_field = "text"
     hub_config = "full"
 
@@ -94,8 +93,7 @@ class MBPP(Task):
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
         text, marker = self.program(doc, completion)
-        prog = Program({"main.py": text}, (("python3", "main.py"),), self.timeout, self.memory_mb)
-        return run_scored(sandbox, prog, text, marker)
+        return run_scored(sandbox, languages.python().program(text, self.timeout), text, marker)
 
     def settings(self) -> dict:
         return {
@@ -104,12 +102,11 @@ class MBPP(Task):
             "stop": list(STOP),
             "sanitizer": "drop a leading markdown fence; cut at [DONE] and fences; drop unparsable trailing lines",
             "checker": "test setup + completion + every assert of test_list, python3, exit 0 and success marker",
-            "timeout_s": self.timeout,
-            "memory_mb": self.memory_mb,
+            "run": languages.python().describe() | {"timeout_s_per_command": self.timeout},
         }
 
     def environment(self, sandbox) -> dict:
-        return toolchain_versions(sandbox, {"python": ("python3", "--version")})
+        return languages.toolchain_environment(sandbox, languages.python())
 
 
 @register("mbpp-sanitized")

@@ -15,8 +15,16 @@ GO_HEADER = 'package main\n\nimport (\n    "testing"\n    "os"\n    "github.com/
 GO_USE_OS = "var _ = os.Getpid\nvar _ = assert.Equal\n"  # every import used, whatever the test does
 RUST_TEST = "#[cfg(test)]\nmod tests {{\n    #[test]\n    fn it() {{\n        {body}\n    }}\n}}\n"
 
-# language -> (recipe, {case: (source, timeout or None)}); "hostile" programs attack the sandbox itself.
+# language -> (recipe, {case: (source, timeout or None)}); "hostile" programs attack the sandbox itself
+# and would pass only by subverting it.
 CASES = {
+    "python": (languages.python(), {
+        "pass": ("assert sorted([3, 1, 2]) == [1, 2, 3]\n", None),
+        "compile_error": ("def f(:\n    pass\n", None),
+        "runtime_error": ("assert sorted([3, 1, 2]) == [3, 2, 1]\n", None),
+        "timeout": ("while True:\n    pass\n", 3),
+        "hostile": ("import os\nwhile True:\n    os.fork()\n", 5),  # fork bomb
+    }),
     "cpp": (languages.cpp(), {
         "pass": ("#undef NDEBUG\n#include<cassert>\nint main(){ assert(1 + 1 == 2); }\n", None),
         "compile_error": ("int main(){ return undefined_name; }\n", None),
@@ -46,7 +54,9 @@ CASES = {
         "compile_error": ("if then fi\n", None),
         "runtime_error": ("set -e\n[[ $((1 + 1)) = 3 ]]\n", None),
         "timeout": ("while true; do :; done\n", 4),
-        "hostile": ("bomb() { bomb | bomb & }\nbomb\nwait\n", 6),
+        # a fork bomb, then an attempt to forge the worker's "ok" answer on its stdout, then a failing test
+        "hostile": ("bomb() { bomb | bomb & }\nbomb\necho '{\"id\": null, \"status\": \"ok\"}' > /proc/1/fd/1\n"
+                    "wait\nexit 1\n", 6),
     }),
     "go": (languages.go(), {
         "pass": (GO_HEADER + GO_USE_OS + "func TestIt(t *testing.T) {\n    assert.Equal(t, 2, 1+1)\n}\n", None),
@@ -120,6 +130,7 @@ def test_hostile_program_fails_and_the_pool_goes_on(verdicts, lang):
 
 
 def test_recipes_name_the_reference_commands():
+    assert languages.python().run == ("python3", "main.py")
     assert languages.cpp().build[0][:2] == ("g++", "-std=c++17")
     java = languages.java("Problem", (languages.JAVATUPLES_JAR,))
     assert java.build[0][0] == "javac" and java.filename == "Problem.java"
