@@ -107,6 +107,23 @@ def test_cached_decode_matches_full_forward(small):
 
 
 @torch.no_grad()
+def test_long_prompts_go_through_in_segments(small):
+    hf, ours = small
+    ids = torch.randint(0, hf.config.vocab_size, (2, 50), generator=torch.Generator().manual_seed(8))
+    full = ours(ids)
+    ours.prefill_segment = 12
+    try:
+        cache = ours.new_cache(2)
+        segmented = ours.forward_cached(ids[:, :45], cache)
+        last = ours.forward_cached(ids[:, 45:], cache, last_only=True)
+    finally:
+        ours.prefill_segment = 4096
+    assert (segmented - full[:, :45]).abs().max().item() < FP32_TOL
+    assert last.shape == (2, 1, hf.config.vocab_size)
+    assert (last - full[:, -1:]).abs().max().item() < FP32_TOL
+
+
+@torch.no_grad()
 def test_cache_select_and_stack_keep_rows_independent(small):
     hf, ours = small
     ids = torch.randint(0, hf.config.vocab_size, (3, 20), generator=torch.Generator().manual_seed(4))

@@ -424,6 +424,8 @@ class Mamba2LM(nn.Module):
     def __init__(self, cfg: Mamba2Config) -> None:
         super().__init__()
         self.config = cfg
+        # Longest piece of a prompt forward_cached runs at once: the scan's temporaries grow with it.
+        self.prefill_segment = 4096
         self.backbone = Mamba2Backbone(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -470,10 +472,7 @@ class Mamba2LM(nn.Module):
 
     def forward(self, input_ids: Tensor, last_only: bool = False) -> Tensor:
         """Logits (b, t, vocab) float32 for a batch of equal-length sequences, from an empty state."""
-        residual = self.backbone.embeddings(input_ids).to(self._residual_dtype())
-        for block in self.backbone.layers:
-            residual = residual + block.mixer(block.norm(residual))
-        return self._logits(residual, last_only)
+        return self.forward_cached(input_ids, self.new_cache(input_ids.shape[0]), last_only)
 
     def new_cache(self, batch_size: int) -> Mamba2Cache:
         cfg = self.config
@@ -488,6 +487,14 @@ class Mamba2LM(nn.Module):
 
     def forward_cached(self, input_ids: Tensor, cache: Mamba2Cache, last_only: bool = False) -> Tensor:
         """Consume input_ids (b, t) after what `cache` holds, updating it in place; logits (b, t|1, vocab)."""
+        segment = self.prefill_segment
+        if input_ids.shape[1] > segment:
+            # Long prompts go through in segments: same result (the cache carries the state), bounded memory.
+            pieces = [
+                self.forward_cached(input_ids[:, i : i + segment], cache, last_only)
+                for i in range(0, input_ids.shape[1], segment)
+            ]
+            return pieces[-1] if last_only else torch.cat(pieces, dim=1)
         layers = self.backbone.layers
         residual = self.backbone.embeddings(input_ids).to(self._residual_dtype())
         if input_ids.shape[1] == 1:
