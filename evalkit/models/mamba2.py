@@ -1,7 +1,7 @@
 """Mamba-2 (SSD) language model in plain PyTorch, loading Codestral Mamba checkpoints.
 
-Reads top to bottom: config -> gated RMSNorm -> chunked SSD scan (prefill) -> mixer (prefill and
-single-token decode) -> residual block -> language model -> cache -> loader.
+Reads top to bottom: config -> norms -> chunked SSD scan (prefill) -> causal conv -> mixer (prefill
+and single-token decode) -> residual block -> cache -> language model -> loader.
 
 Numerics follow the references (state-spaces/mamba, transformers' Mamba2): the scan, the SSM state,
 the gated norm and the residual stream are float32 whatever the weight dtype; matmuls of the
@@ -122,7 +122,7 @@ class Mamba2Config:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in float32; returns `out_dtype` (the weight's dtype by default)."""
+    """RMSNorm computed in float32 (the residual stream's dtype); returns the weight's dtype."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
