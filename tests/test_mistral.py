@@ -390,19 +390,28 @@ def test_chunk_after_stacking_caches_of_different_lengths(variant, swa, full, qu
 
 @torch.no_grad()
 def test_bf16_close_to_fp32(swa, ids):
-    """bf16 weights and activations: logits within 5% of the fp32 logits' range (measured ~1%)."""
+    """bf16 weights and activations against fp32, same checkpoint. Tolerances (measured on this
+    config: 2.1%, 3.7%, 98%): relative L2 error of the logits < 5%, largest error < 10% of the
+    largest |logit|, same argmax at >= 90% of positions. bf16 keeps 8 mantissa bits (0.4% per rounding),
+    and the errors of the projections, attention and norms add up across layers."""
     _, hf_dir, _ = swa
     fp32 = load(hf_dir)(ids)
     model = load(hf_dir, dtype=torch.bfloat16)
     assert model.tok_embeddings.weight.dtype == torch.bfloat16
-    bf16 = model(ids)
-    err = (bf16.float() - fp32).abs().max() / fp32.abs().max()
-    assert err < 0.05
-    # The decode path in bf16 agrees with the bf16 full forward to the same tolerance.
+
+    def close(got: torch.Tensor, ref: torch.Tensor) -> bool:
+        rel_l2 = (got - ref).norm() / ref.norm()
+        rel_max = (got - ref).abs().max() / ref.abs().max()
+        same_argmax = (got.argmax(-1) == ref.argmax(-1)).float().mean()
+        return bool(rel_l2 < 0.05 and rel_max < 0.10 and same_argmax >= 0.9)
+
+    assert close(model(ids), fp32)
+    # Chunked prefill and decode steps in bf16 (the cache holds bf16 keys and values).
     cache = model.new_cache(ids.shape[0])
-    model.forward_cached(ids[:, :-1], cache)
-    step = model.forward_cached(ids[:, -1:], cache)
-    assert ((step.float() - fp32[:, -1:]).abs().max() / fp32.abs().max()) < 0.05
+    pieces = [model.forward_cached(ids[:, :40], cache), model.forward_cached(ids[:, 40:90], cache)]
+    pieces += [model.forward_cached(ids[:, i : i + 1], cache) for i in range(90, SEQ)]
+    assert cache.k[0].dtype == torch.bfloat16
+    assert close(torch.cat(pieces, dim=1), fp32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
