@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sqlite3
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -161,5 +162,6 @@ class Spider(Task):
             "checker": "execution accuracy: multiset of rows (list if gold has ORDER BY), any column order; "
                        "read-only SQLite on the host, errors and timeouts are wrong",
             "timeout_s": TIMEOUT,
+            "sqlite_version": sqlite3.sqlite_version,
             "skipped": "questions whose database file is missing: verdict 'skipped', outside the denominator",
         }

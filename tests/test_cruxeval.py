@@ -121,3 +121,16 @@ def test_verdicts_agree_with_cruxeval_execution_check(sandbox, tasks, docs):
     theirs = [cruxeval_reference_verdict(mode, doc, c.strip(), utils.check_correctness) for mode, doc, c in jobs]
     assert [s.passed for s in ours] == theirs
     assert 0 < sum(theirs) < len(theirs)
+
+
+def test_loads_from_the_hub_without_a_mirror(monkeypatch, docs):
+    calls = []
+
+    def fake_hub_rows(repo, split, config=None, revision=None):
+        calls.append((repo, split, config))
+        return [{k: d[k] for k in ("id", "code", "input", "output")} for d in docs[:3]], {"source": "hub"}
+
+    monkeypatch.setattr("tasks.cruxeval.hub_rows", fake_hub_rows)
+    task = get_task("cruxeval-i", DataConfig())
+    assert [d["task_id"] for d in task.docs()] == ["sample_0", "sample_1", "sample_2"]
+    assert calls == [("cruxeval-org/cruxeval", "test", None)]

@@ -18,7 +18,7 @@ from tasks.humaneval_x import KNOWN_BROKEN
 LANGS = ("cpp", "java", "js", "go", "rust")
 PREFIX = {"cpp": "CPP", "java": "Java", "js": "JavaScript", "go": "Go", "rust": "Rust"}
 # Problems self-checked here (the full 164 per language run as `evalkit run --model reference`, minutes each).
-STRIDE = {"cpp": 16, "java": 16, "js": 4, "go": 60, "rust": 16}
+STRIDE = {"cpp": 20, "java": 20, "js": 6, "go": 82, "rust": 20}
 MUTATED = (0, 3)  # boolean problems: swapping true and false in the canonical solution must fail
 
 
@@ -162,3 +162,16 @@ def test_verdicts_agree_with_codegeex_run_commands(verdicts, tasks, docs, lang):
         completion = doc["canonical_solution"] if kind == "canonical" else swap_booleans(doc["canonical_solution"])
         ours = verdicts[(lang, tid, kind)].passed
         assert reference_passes(lang, tid, tasks[lang].program(doc, completion)) == ours, (tid, kind, ours)
+
+
+def test_loads_from_the_hub_without_a_mirror(monkeypatch, docs):
+    calls = []
+
+    def fake_hub_rows(repo, split, config=None, revision=None):
+        calls.append((repo, split, config))
+        return list(docs["go"].values())[:2], {}
+
+    monkeypatch.setattr("tasks.humaneval_x.hub_rows", fake_hub_rows)
+    task = get_task("humaneval-x-go", DataConfig())
+    assert [d["task_id"] for d in task.docs()] == ["Go/0", "Go/1"]
+    assert calls == [("THUDM/humaneval-x", "test", "go")]

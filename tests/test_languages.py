@@ -63,7 +63,7 @@ CASES = {
         "compile_error": (GO_HEADER + GO_USE_OS + "func TestIt(t *testing.T) {\n    var x int = \"s\"\n}\n", None),
         "runtime_error": (GO_HEADER + GO_USE_OS + "func TestIt(t *testing.T) {\n    assert.Equal(t, 3, 1+1)\n}\n",
                           None),
-        "timeout": (GO_HEADER + GO_USE_OS + "func TestIt(t *testing.T) {\n    for {\n    }\n}\n", 40),
+        "timeout": (GO_HEADER + GO_USE_OS + "func TestIt(t *testing.T) {\n    for {\n    }\n}\n", 30),
         # kill every process it may signal (`go test` itself among them), then spin
         "hostile": ('package main\n\nimport (\n    "syscall"\n    "testing"\n)\n\n'
                     "func TestIt(t *testing.T) {\n    syscall.Kill(-1, syscall.SIGKILL)\n    for {\n    }\n}\n", 40),

@@ -3,6 +3,7 @@ self-check over every test problem in the sandbox."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -115,3 +116,20 @@ def test_wrong_answers_and_early_exits_fail(sandbox, mbpp, monkeypatch):
     scored = task.score(doc, early_exit, sandbox)
     assert scored.verdict == "failed" and "exited before its tests finished" in scored.error
     assert task.score(doc, "while True:\n    pass\n", sandbox).verdict == "timeout"
+
+
+def test_loads_from_the_hub_without_a_mirror(monkeypatch, data_dir):
+    rows = {r["task_id"]: r for r in map(json.loads, (data_dir / "mbpp" / "mbpp.jsonl").open())}
+    calls = []
+
+    def fake_hub_rows(repo, split, config=None, revision=None):
+        calls.append((repo, split, config))
+        ids = (2, 3, 4) if split == "prompt" else (11, 12)
+        return [rows[i] for i in ids], {"source": "hub", "repo": repo}
+
+    monkeypatch.setattr("tasks.mbpp.hub_rows", fake_hub_rows)
+    task = get_task("mbpp", DataConfig())
+    assert [d["task_id"] for d in task.docs()] == ["11", "12"]
+    assert sorted(calls) == [("google-research-datasets/mbpp", "prompt", "full"),
+                             ("google-research-datasets/mbpp", "test", "full")]
+    assert task.request(task.docs()[0]).prompt.startswith(EXEMPLAR_2) and task.provenance["source"] == "hub"

@@ -195,7 +195,7 @@ def reference_passes(lang: str, program: str) -> bool:
 
 
 HOST_TOOLS = {"cpp": "g++", "java": "javac", "js": "node", "sh": "bash"}
-HOST_SAMPLE = ("HumanEval_53_add", "HumanEval_48_is_palindrome", "HumanEval_35_max_element")
+HOST_SAMPLE = ("HumanEval_53_add", "HumanEval_35_max_element")
 
 
 @pytest.mark.docker
@@ -239,3 +239,16 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, data_dir):
     assert verdicts["HumanEval_140_fix_spaces"] in ("failed", "timeout")
     assert results["tasks"]["multipl-e-sh"]["metrics"]["pass@1"] == pytest.approx(2 / 6)
     assert results["config"]["tasks"]["multipl-e-sh"]["environment"]["bash"].startswith("GNU bash")
+
+
+def test_loads_from_the_hub_without_a_mirror(monkeypatch, docs):
+    calls = []
+
+    def fake_hub_rows(repo, split, config=None, revision=None):
+        calls.append((repo, split, config))
+        return [{k: v for k, v in d.items() if k != "task_id"} for d in list(docs["js"].values())[:2]], {}
+
+    monkeypatch.setattr("tasks.multipl_e.hub_rows", fake_hub_rows)
+    task = get_task("multipl-e-js", DataConfig())
+    assert [d["task_id"] for d in task.docs()] == list(docs["js"])[:2]
+    assert calls == [("nuprl/MultiPL-E", "test", "humaneval-js")]

@@ -137,3 +137,20 @@ def test_missing_database_folder_says_where_to_get_it(tmp_path, data_dir):
     task = get_task("spider", replace(DataConfig(mirror=data_dir), spider_db_dir=tmp_path / "nowhere"))
     with pytest.raises(TaskError, match="yale-lily.github.io/spider.*--spider-db-dir"):
         task.docs()
+
+
+def test_loads_questions_from_the_hub_and_schemas_beside_the_databases(monkeypatch, tmp_path, data_dir):
+    dev = json.loads((data_dir / "spider" / "dev.json").read_text())
+    calls = []
+
+    def fake_hub_rows(repo, split, config=None, revision=None):
+        calls.append((repo, split, config))
+        return dev[:3], {"source": "hub"}
+
+    monkeypatch.setattr("tasks.spider.hub_rows", fake_hub_rows)
+    root = official_layout(tmp_path, data_dir, with_wta_1=False)
+    task = get_task("spider", DataConfig(spider_db_dir=root))
+    docs = task.docs()
+    assert [d["task_id"] for d in docs] == ["spider/0", "spider/1", "spider/2"]
+    assert calls == [("xlangai/spider", "validation", None)]
+    assert task.score(docs[0], task.request(docs[0]).reference, None).passed
