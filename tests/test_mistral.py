@@ -379,10 +379,19 @@ def test_chunk_after_stacking_caches_of_different_lengths(variant, swa, full, qu
         model.forward_cached(p, caches[-1])
     cache = KVCache.stack(caches)
     got = model.forward_cached(chunk, cache)
-    for row, p in enumerate(prompts):
-        ref = model(torch.cat((p, chunk[row : row + 1]), dim=1))[0, -21:]
+    refs = [model(torch.cat((p, chunk[row : row + 1]), dim=1))[0, -21:] for row, p in enumerate(prompts)]
+    for row, ref in enumerate(refs):
         assert (got[row] - ref).abs().max() < 1e-5
     assert cache.lengths.tolist() == [24, 35, 50, 71]
+
+    # last_only (the last layer computes the final query only) gives the same last logits, and the
+    # cache it leaves behind is complete: the next chunk matches too. 5 tokens < W, 16 tokens = W.
+    cache = KVCache.stack(caches)
+    assert (
+        model.forward_cached(chunk[:, :5], cache, last_only=True)[:, 0] - torch.stack(refs)[:, 4]
+    ).abs().max() < 1e-5
+    tail = model.forward_cached(chunk[:, 5:], cache, last_only=True)[:, 0]
+    assert (tail - torch.stack(refs)[:, -1]).abs().max() < 1e-5
 
 
 # ----------------------------------------------------------------------------------------- dtypes

@@ -25,7 +25,7 @@ import copy
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +184,9 @@ class AttnPlan:
     # slots: plain slice copies then replace the slower scattered write.
     write_runs: list[tuple[int, int, int]] | None = None
     write_first: bool = False  # single-token decode: store the key, then attend over the buffer
+    # Queries start at this chunk index: the last layer of a last_only prefill needs only the final
+    # position's output (every position's keys and values still go to the cache).
+    first_query: int = 0
 
 
 class Attention(nn.Module):
@@ -199,10 +202,12 @@ class Attention(nn.Module):
         self, x: Tensor, rope: tuple[Tensor, Tensor], plan: AttnPlan, kv: tuple[Tensor, Tensor] | None
     ) -> Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        fq = plan.first_query
+        q = self.wq(x[:, fq:]).view(B, T - fq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        cos, sin = rope
+        q, k = apply_rope(q, cos[:, :, fq:], sin[:, :, fq:]), apply_rope(k, cos, sin)
 
         if kv is not None and plan.write_first:
             _store(kv, k, v, plan)
@@ -224,7 +229,7 @@ class Attention(nn.Module):
             n = plan.write_slots.shape[1]
             _store(kv, k[:, :, T - n :], v[:, :, T - n :], plan)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        return self.wo(out.transpose(1, 2).reshape(B, T - fq, -1))
 
 
 def _store(kv: tuple[Tensor, Tensor], k: Tensor, v: Tensor, plan: AttnPlan) -> None:
@@ -262,7 +267,7 @@ class Block(nn.Module):
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor], plan: AttnPlan, kv: tuple[Tensor, Tensor] | None
     ) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), rope, plan, kv)
+        x = x[:, plan.first_query :] + self.attention(self.attention_norm(x), rope, plan, kv)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -404,7 +409,8 @@ class Mistral(nn.Module):
         """Float32 logits (B, T, V) (T=1 if last_only) for sequences from position 0, no cache."""
         positions = torch.arange(input_ids.shape[1])[None]  # rows identical: masks broadcast
         plan = AttnPlan(blocks=self._blocks(positions, None))
-        return self._run(input_ids, positions, plan, None, last_only)
+        last = self._last_query_plan(plan, positions, None) if last_only else plan
+        return self._run(input_ids, positions, plan, last, None)
 
     def forward_cached(self, input_ids: Tensor, cache: KVCache, last_only: bool = False) -> Tensor:
         """Float32 logits (B, T|1, V) for T new tokens per row after what `cache` holds; updates it."""
@@ -420,6 +426,7 @@ class Mistral(nn.Module):
         written = positions[:, T - n :]
         slots = written if W is None else written % W
 
+        cache_pos = None
         if T == 1:
             cache.slot_pos[torch.arange(B)[:, None], slots] = written
             plan = AttnPlan(blocks=[], cache_slots=min(cache.slots, end), write_first=True)
@@ -429,7 +436,8 @@ class Mistral(nn.Module):
         else:
             held = int(cache.lengths.max())
             plan = AttnPlan(blocks=[], cache_slots=min(cache.slots, held))
-            plan.blocks = self._blocks(positions, cache.slot_pos[:, : plan.cache_slots] if held else None)
+            cache_pos = cache.slot_pos[:, : plan.cache_slots] if held else None
+            plan.blocks = self._blocks(positions, cache_pos)
         plan.write_slots = slots.to(self.device)
         if bool((cache.lengths == cache.lengths[0]).all()):
             # Consecutive positions: one run of slots, or two where the rolling buffer wraps around.
@@ -437,26 +445,34 @@ class Mistral(nn.Module):
             wrap = n if W is None else min(n, W - first)
             plan.write_runs = [(0, first, wrap)] + ([(wrap, 0, n - wrap)] if wrap < n else [])
 
-        logits = self._run(input_ids, positions, plan, cache, last_only)
+        last = self._last_query_plan(plan, positions, cache_pos) if last_only and T > 1 else plan
+        logits = self._run(input_ids, positions, plan, last, cache)
         if T > 1:
             cache.slot_pos[torch.arange(B)[:, None], slots] = written
         cache.lengths = cache.lengths + T
         return logits
 
-    def _blocks(self, positions: Tensor, cache_pos: Tensor | None) -> list[AttnBlock]:
-        """Query blocks for a chunk at `positions` (rows, T), following a cache at `cache_pos` or none."""
+    def _last_query_plan(self, plan: AttnPlan, positions: Tensor, cache_pos: Tensor | None) -> AttnPlan:
+        """The plan for the last layer when only the last position's logits are wanted."""
+        T = positions.shape[1]
+        return replace(plan, blocks=self._blocks(positions, cache_pos, first_query=T - 1), first_query=T - 1)
+
+    def _blocks(self, positions: Tensor, cache_pos: Tensor | None, first_query: int = 0) -> list[AttnBlock]:
+        """Query blocks for a chunk at `positions` (rows, T), following a cache at `cache_pos` or none;
+        queries from chunk index `first_query` on."""
         W = self.config.sliding_window
         T = positions.shape[1]
         size = T if W is None else min(W, QUERY_BLOCK)
         blocks, masks = [], {}
-        for start in range(0, T, size):
+        for start in range(first_query, T, size):
             stop = min(start + size, T)
+            queries = slice(start - first_query, stop - first_query)
             first_key = 0 if W is None else max(0, start - W + 1)
             # The cache matters only to queries whose window reaches back before the chunk.
             with_cache = cache_pos is not None and (W is None or start < W - 1)
             if not with_cache and first_key == start:
                 # Keys are exactly these queries' positions, all within one window: plain causal.
-                blocks.append(AttnBlock(slice(start, stop), slice(start, stop), False, None, causal=True))
+                blocks.append(AttnBlock(queries, slice(start, stop), False, None, causal=True))
                 continue
             if with_cache:
                 k_pos = torch.cat((cache_pos, positions[:, first_key:stop]), dim=1)
@@ -468,19 +484,19 @@ class Mistral(nn.Module):
                     rel = torch.arange(shape[1])[None]
                     masks[shape] = _additive(_visible(rel[:, shape[0] :], rel, W), self.dtype, self.device)
                 mask = masks[shape]
-            blocks.append(AttnBlock(slice(start, stop), slice(first_key, stop), with_cache, mask))
+            blocks.append(AttnBlock(queries, slice(first_key, stop), with_cache, mask))
         return blocks
 
     def _run(
-        self, input_ids: Tensor, positions: Tensor, plan: AttnPlan, cache: KVCache | None, last_only: bool
+        self, input_ids: Tensor, positions: Tensor, plan: AttnPlan, last: AttnPlan, cache: KVCache | None
     ) -> Tensor:
+        """Embed, run the layers (the last one with `last`), project to the vocabulary."""
         cfg = self.config
         rope = rope_cos_sin(positions.to(self.device), cfg.head_dim, cfg.rope_theta)
         x = self.tok_embeddings(input_ids.to(self.device))
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, plan, None if cache is None else (cache.k[i], cache.v[i]))
-        if last_only:  # generation needs only the next-token logits: skip the vocabulary matmul elsewhere
-            x = x[:, -1:]
+            layer_plan = last if i == len(self.layers) - 1 else plan
+            x = layer(x, rope, layer_plan, None if cache is None else (cache.k[i], cache.v[i]))
         return self.output(self.norm(x)).float()
 
 
