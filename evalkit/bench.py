@@ -321,6 +321,7 @@ class BenchRow:
     decode_ms_per_tok_max: float | None = None
     peak_mem_mib: float | None = None
     cache_mib: float | None = None
+    seconds: float | None = None  # wall time spent on the point, warm-up included
     note: str = ""
 
 
@@ -362,6 +363,7 @@ def _round(model: torch.nn.Module, ids: torch.Tensor, decode_tokens: int) -> tup
 def measure_point(model: torch.nn.Module, arch: str, context: int, cfg: BenchConfig, vocab: int,
                   device: torch.device) -> BenchRow:
     """Warm up, then time `cfg.repeats` rounds at `context`; peak memory over all of them."""
+    started = time.perf_counter()
     generator = torch.Generator().manual_seed(context)
     ids = torch.randint(0, vocab, (1, context), generator=generator).to(device)
     with torch.inference_mode(), PeakMemory(device) as peak:
@@ -375,7 +377,7 @@ def measure_point(model: torch.nn.Module, arch: str, context: int, cfg: BenchCon
         prefill_tok_s=statistics.median(prefill), prefill_tok_s_min=min(prefill), prefill_tok_s_max=max(prefill),
         decode_ms_per_tok=statistics.median(decode), decode_ms_per_tok_min=min(decode),
         decode_ms_per_tok_max=max(decode), peak_mem_mib=peak.peak / MIB, cache_mib=rounds[-1][2] / MIB,
-        note=peak.method,
+        seconds=round(time.perf_counter() - started, 2), note=peak.method,
     )
 
 
