@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -143,8 +144,7 @@ def test_config_infinity_literal_and_transformers_encoding(hf_dir):
 
 
 def test_default_dtype_is_the_stored_one(small_hf, tmp_path):
-    directory = save_hf(small_hf.to(torch.bfloat16), tmp_path / "bf16")
-    small_hf.to(torch.float32)
+    directory = save_hf(copy.deepcopy(small_hf).to(torch.bfloat16), tmp_path / "bf16")
     model = load_model(directory)
     assert model.lm_head.weight.dtype == torch.bfloat16
     assert model.backbone.layers[0].mixer.A_log.dtype == torch.float32
