@@ -152,7 +152,7 @@ def full(tmp_path_factory):
     return hf, root / "hf", root / "native"
 
 
-@pytest.fixture(params=[256, 5], ids=["block256", "block5"])
+@pytest.fixture(params=[128, 5], ids=["block128", "block5"])
 def query_block(request, monkeypatch):
     """Prefill query block size: the default (> W here) and one smaller than W, so that several
     blocks fall inside the first window and reach back into the cache."""

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Queries per attention block in prefill: small enough that a block wastes little work on keys
-# outside its window, large enough to keep the per-call overhead negligible.
-QUERY_BLOCK = 256
+# Queries per attention block in prefill. A block of b queries reads b + W - 1 keys, of which each query
+# sees W: smaller blocks waste less (11% at 128 with W=1024), larger ones pay less per-call overhead.
+QUERY_BLOCK = 128
 # Slot granularity when the cache grows (it never grows beyond the window).
 CACHE_GROWTH = 256
 
