@@ -108,6 +108,11 @@ def main() -> None:
     with torch.inference_mode():
         ids = torch.randint(0, args.vocab, (1, 300))
         print(f"max |logit difference| on 300 tokens: {(ours(ids) - hf(ids).logits).abs().max().item():.2e}")
+        # transformers decodes through its cache (one token in, constant work) when given cache_params.
+        prefix = hf(ids[:, :299], use_cache=True, logits_to_keep=1)
+        step = hf(ids[:, 299:], cache_params=prefix.cache_params, use_cache=True).logits[:, -1]
+        step_error = (step - hf(ids).logits[:, -1]).abs().max().item()
+        print(f"transformers cached step vs full forward: {step_error:.2e}")
 
         print("\nprefill (tokens/s; prompt into a fresh cache, last-position logits)")
         print(f"{'tokens':>7} {'evalkit':>10} {'transformers':>13} {'ratio':>6}   cpu-time ratio")
