@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from evalkit.models import mistral
 from evalkit.models.checkpoint import CheckpointError
-from evalkit.models.generate import GenerationJob, generate, generate_batch
+from evalkit.models.generate import GenerationJob, generate, generate_batch, score_continuations
 from evalkit.models.mistral import KVCache, Mistral, MistralConfig, load_mistral
 
 transformers = pytest.importorskip("transformers")
@@ -329,6 +329,22 @@ def test_generate_batch_matches_transformers(swa):
         ref = hf_greedy(hf, p, n)[0].tolist()
         assert [c.ids for c in samples] == [ref, ref]
         assert all(c.finish == "length" for c in samples)
+
+
+@torch.no_grad()
+def test_score_continuations_matches_transformers(swa):
+    """Log-likelihood scoring: the context's cache forked for right-padded continuations crossing W."""
+    hf, hf_dir, _ = swa
+    model = load(hf_dir)
+    gen = torch.Generator().manual_seed(19)
+    context = torch.randint(0, VOCAB, (30,), generator=gen).tolist()
+    continuations = [torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in (1, 5, 40)]
+    got = score_continuations(model, context, continuations)
+    for cont, score in zip(continuations, got, strict=True):
+        ids = torch.tensor([context + cont])
+        logp = torch.log_softmax(hf(ids).logits[0, len(context) - 1 : -1].double(), dim=-1)
+        ref = logp.gather(-1, torch.tensor(cont)[:, None]).sum().item()
+        assert abs(score - ref) < 1e-3
 
 
 @torch.no_grad()
