@@ -1,7 +1,7 @@
 """Sandbox executions per second per language, compile included, over reference solutions.
 
 Python: MBPP's reference solutions; C++, Java, JavaScript, Go, Rust: HumanEval-X's canonical solutions;
-Bash: MultiPL-E's programs with an empty body (MultiPL-E ships no solutions; the tests still run).
+Bash: MultiPL-E's programs with a no-op body (MultiPL-E ships no solutions; its tests run and fail).
 Each program is scored through its task, exactly as a run scores it, on a pool of `--workers`
 containers; the rate is programs over wall-clock seconds, after one warm-up program per worker.
 
@@ -19,7 +19,7 @@ from evalkit.data import DataConfig
 from evalkit.sandbox import open_sandbox
 from evalkit.tasks import Scored, Task, get_task
 
-# language -> (task, completion for a doc: the reference solution, or an empty body)
+# language -> (task, completion for every doc; None: the doc's reference solution)
 SOURCES = {
     "python": ("mbpp", None),
     "cpp": ("humaneval-x-cpp", None),
@@ -27,7 +27,7 @@ SOURCES = {
     "javascript": ("humaneval-x-js", None),
     "go": ("humaneval-x-go", None),
     "rust": ("humaneval-x-rust", None),
-    "bash": ("multipl-e-sh", ""),
+    "bash": ("multipl-e-sh", "    :"),
 }
 
 

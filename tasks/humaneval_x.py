@@ -128,7 +128,7 @@ class HumanEvalX(Task):
 
     def environment(self, sandbox) -> dict:
         extra = {"go": (languages.library_versions("golang-github-stretchr-testify-dev"),),
-                 "cpp": (languages.library_versions("libssl-dev"),)}.get(self.lang, ())
+                 "cpp": (languages.library_versions("libssl-dev", "libboost-dev"),)}.get(self.lang, ())
         return languages.toolchain_environment(sandbox, self.recipe(), extra)
 
 
