@@ -127,7 +127,9 @@ class Spider(Task):
         return GenerationRequest(doc["task_id"], prompt, STOP, 256, reference=gold)
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
-        predicted = "SELECT" + completion.split(";")[0]
+        body = completion.split(";")[0]
+        # The completion continues the prompt's SELECT; a replayed full query that restates it is taken whole.
+        predicted = body.strip() if re.match(r"\s*select\b", body, re.I) else "SELECT" + body
         path = Path(doc["db_path"])
         if not path.is_file():
             return Scored("skipped", program=predicted, error=f"database missing: {path}")

@@ -79,6 +79,11 @@ def test_gold_queries_score_full_marks_and_wta_1_is_skipped(task, docs, self_che
     assert summary["skipped_db_missing"] == 62 and summary["scored_questions"] == 972
 
 
+def test_a_completion_may_restate_select(task, docs):
+    assert task.score(docs[0], "SELECT count(*) FROM singer;", None).passed
+    assert task.score(docs[0], " count(*) FROM singer;\n\n-- next question", None).passed
+
+
 def test_wrong_erroring_and_slow_queries_are_wrong(task, docs, monkeypatch):
     doc = docs[0]  # SELECT count(*) FROM singer
     assert task.score(doc, " count(*) FROM stadium", None).verdict == "failed"
