@@ -478,7 +478,8 @@ def run_bench(cfg: BenchConfig, device: str = "cpu", threads: int | None = None,
     return_freed_memory_to_os()
     name = device_name(dev)
     threads_used = torch.get_num_threads()
-    where = f"{dev.type} ({name}, {threads_used} threads)" if dev.type == "cpu" else f"{dev.type} ({name})"
+    plural = "s" if threads_used != 1 else ""
+    where = f"{dev.type} ({name}, {threads_used} thread{plural})" if dev.type == "cpu" else f"{dev.type} ({name})"
     meta = {
         "preset": cfg.name,
         "config": dataclasses.asdict(cfg),
