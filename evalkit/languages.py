@@ -24,6 +24,7 @@ from evalkit.tasks import TaskError
 
 JAVATUPLES_JAR = "/usr/share/java/javatuples.jar"  # MultiPL-E's Java prompts import org.javatuples
 GO_LIBRARIES = "/usr/share/gocode"  # Debian's testify (HumanEval-X's Go tests import its assert package)
+GO_CACHE_SEED = "/usr/local/share/evalkit/gocache"  # made at image build time from sandbox/warm/
 JVM_FLAGS = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 
 
@@ -86,11 +87,14 @@ def bash() -> Recipe:
 def go() -> Recipe:
     """`go test` in GOPATH mode (the sandbox sets GO111MODULE=off) with Debian's testify on the GOPATH.
 
-    One command builds and runs; a fresh build cache per program makes it slow (~10 s), hence the timeout.
+    The image ships a build cache warmed with the std and testify packages the tests import (vet facts
+    included: `go test` vets, as the reference does). Each program gets its own copy of it, so nothing one
+    program compiles can reach the next, and `go test` takes ~1 s instead of ~9 s.
     """
-    return Recipe("go", "main_test.go", (),
-                  ("env", f"GOPATH=/tmp/.cache/gopath:{GO_LIBRARIES}", "go", "test", "main_test.go"),
-                  120.0, None, (("go", ("go", "version")),))
+    return Recipe("go", "main_test.go", (("cp", "-r", GO_CACHE_SEED, "/tmp/gocache"),),
+                  ("env", "GOCACHE=/tmp/gocache", f"GOPATH=/tmp/.cache/gopath:{GO_LIBRARIES}", "go", "test",
+                   "main_test.go"),
+                  60.0, None, (("go", ("go", "version")),))
 
 
 def rust() -> Recipe:

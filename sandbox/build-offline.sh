@@ -6,6 +6,7 @@ set -euo pipefail
 tag=${1:?usage: build-offline.sh IMAGE_TAG [MIRROR]}
 mirror=${2:-http://deb.debian.org/debian}
 here=$(cd "$(dirname "$0")" && pwd)
+GO_CACHE=/usr/local/share/evalkit/gocache
 root=$(mktemp -d /var/tmp/evalkit-rootfs.XXXXXX)
 cleanup() {
   umount "$root/proc" 2>/dev/null || true
@@ -23,6 +24,10 @@ cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 chroot "$root" /bin/sh -c "apt-get -o APT::Sandbox::User=root update -qq && DEBIAN_FRONTEND=noninteractive \
   apt-get -o APT::Sandbox::User=root install -y -qq --no-install-recommends $(grep -v '^#' "$here/packages.txt" | tr '\n' ' ') >/dev/null"
 chroot "$root" useradd --uid 10001 --create-home --shell /usr/sbin/nologin sandbox
+# A warm Go build cache (std + testify, vetted): each Go program starts from a copy (~1 s instead of ~9 s).
+mkdir -p "$root/tmp/warm" && cp "$here/warm/go_cache_test.go" "$root/tmp/warm/main_test.go"
+chroot "$root" /bin/sh -c "cd /tmp/warm && GOCACHE=$GO_CACHE GOPATH=/usr/share/gocode GO111MODULE=off \
+  go test main_test.go >/dev/null && chmod -R a+rX $GO_CACHE && rm -rf /tmp/warm"
 umount "$root/proc"
 
 echo "[3/4] trimming apt caches and docs"

@@ -32,7 +32,7 @@ def runner_source() -> str:
 def recipe_hash() -> str:
     """Hash of what goes into the image; the runner is sent at container start and is not part of it."""
     h = hashlib.sha256()
-    for name in ("packages.txt", "build-offline.sh", "Dockerfile"):
+    for name in ("packages.txt", "build-offline.sh", "Dockerfile", "warm/go_cache_test.go"):
         h.update(name.encode() + b"\0" + (recipe_dir() / name).read_bytes())
     return h.hexdigest()[:12]
 
