@@ -19,7 +19,6 @@ alternately so that load from other processes hits both alike. On a busy machine
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -27,13 +26,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 
 import torch
 
+from evalkit.bench import PeakMemory, memory_in_use, return_freed_memory_to_os
 from evalkit.models.mistral import Mistral, MistralConfig, load_mistral
+
+CPU = torch.device("cpu")
 
 VOCAB = 32768
 WINDOW = 1024
@@ -113,44 +114,6 @@ def median_ms(times: list[float]) -> float:
     return 1000 * statistics.median(times[2:])
 
 
-# ------------------------------------------------------------------------------------------ memory
-
-
-def return_freed_memory_to_os() -> None:
-    """Serve large allocations with mmap so that freeing them lowers the resident size (glibc)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Samples the resident size every 0.5 ms in a thread (torch kernels release the GIL)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.peak, self._stop = rss_bytes(), threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.0005)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
-
-
 def memory_child(window: int | None, steps: int) -> None:
     """Run in a fresh process: print JSON with the KV-cache bytes and the peak RSS above the baseline
     (model built, nothing else) while prefilling 16384 tokens in chunks of 1024 and while decoding."""
@@ -171,13 +134,13 @@ def memory_child(window: int | None, steps: int) -> None:
     with torch.inference_mode():
         model.forward_cached(context[:, :8], model.new_cache(1))  # warm-up: one-time allocations
         gc.collect()
-        base = rss_bytes()
+        base = memory_in_use(CPU)
         cache = model.new_cache(1)
-        with PeakRSS() as prefill:
+        with PeakMemory(CPU) as prefill:
             for start in range(0, context.shape[1], 1024):
                 logits = model.forward_cached(context[:, start : start + 1024], cache, last_only=True)
         token = logits[:, -1].argmax(-1, keepdim=True)
-        with PeakRSS() as decode:
+        with PeakMemory(CPU) as decode:
             for _ in range(steps):
                 token = model.forward_cached(token, cache)[:, -1].argmax(-1, keepdim=True)
     result = {
