@@ -208,9 +208,9 @@ def main() -> None:
             print(f"evalkit {label}: decode at 16384 / at 1024 = {decode[window, 16384] / decode[window, 1024]:.2f}")
 
     print("\nmemory at 16384 tokens (evalkit; MB; each case in a fresh process with the model built)")
-    print("  peak = highest resident size above that baseline, sampled every 0.5 ms, large allocations served")
-    print("  by mmap so that freed tensors leave the resident set; tracemalloc cannot be used: torch allocates")
-    print("  tensor storage outside Python's allocator. Prefill: 16 chunks of 1024 tokens.")
+    print("  peak = the kernel's peak resident size (VmHWM, reset per phase) above that baseline, large allocations")
+    print("  served by mmap so that freed tensors leave the resident set; tracemalloc cannot be used: torch")
+    print("  allocates tensor storage outside Python's allocator. Prefill: 16 chunks of 1024 tokens.")
     print(f"{'window':>7} {'KV slots':>9} {'KV cache':>9} {'decode peak':>12} {'prefill peak':>13}")
     for window in (WINDOW, None):
         m = decode_memory(window, steps)
