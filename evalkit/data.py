@@ -75,7 +75,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def file_provenance(*paths: Path) -> dict:
-    return {"source": "local", "files": {str(p): sha256_file(p) for p in paths}}
+    """sha256 of each file, named by its place in the mirror layout (`humaneval/HumanEval.jsonl.gz`), not by
+    an absolute path: the same data in another folder or on another machine records the same."""
+    return {"source": "local", "files": {"/".join(p.parts[-2:]): sha256_file(p) for p in paths}}
 
 
 def hub_rows(repo: str, split: str, config: str | None = None, revision: str | None = None) -> tuple[list[dict], dict]:

@@ -104,7 +104,7 @@ class Spider(Task):
             self.provenance = file_provenance(local, tables_file)
         else:
             rows, self.provenance = hub_rows("xlangai/spider", "validation", revision=self.data.revision)
-            self.provenance["files"] = {str(tables_file): sha256_file(tables_file)}
+            self.provenance["files"] = file_provenance(tables_file)["files"]
         docs = []
         for i, row in enumerate(rows):
             require_fields(row, ("db_id", "question", "query"), f"spider row {i}")
