@@ -193,11 +193,13 @@ def _score_one(task: Task, doc: Doc, gen: dict, index: int, sandbox: Sandbox | N
 
 
 def evaluate_task(task: Task, docs: list[Doc], backend: Backend, sandbox: Sandbox | None, store: RunStore,
-                  opts: RunOptions, progress: bool = True) -> list[dict]:
-    """Generate what is missing, score what is unscored, and return all sample records of the task."""
+                  opts: RunOptions, logged: tuple[dict, dict], progress: bool = True) -> list[dict]:
+    """Generate what is missing, score what is unscored, and return all sample records of the task.
+
+    `logged` is what the run folder already holds: (store.generations(), store.samples())."""
     n = opts.sampling.n if task.kind == "generate" else 1
-    generations = {tid: g for (t, tid), g in store.generations().items() if t == task.name}
-    samples = {(tid, i): s for (t, tid, i), s in store.samples().items() if t == task.name}
+    generations = {tid: g for (t, tid), g in logged[0].items() if t == task.name}
+    samples = {(tid, i): s for (t, tid, i), s in logged[1].items() if t == task.name}
     by_id = {d["task_id"]: d for d in docs}
     bar = tqdm(total=len(docs) * n, desc=task.name, unit="sample", disable=not progress, dynamic_ncols=True)
     bar.update(sum(1 for (tid, _i) in samples if tid in by_id))
@@ -294,9 +296,10 @@ def run_evaluation(opts: RunOptions, backend: Backend | None = None, progress: b
                           "config": config})
             log(f"run {run_id} -> {store.path}")
         results: dict = {"run_id": run_id, "model": opts.model, "tasks": {}, "config": config}
+        logged = (store.generations(), store.samples())  # read once: what a resumed run already has
         try:
             for name, task in tasks.items():
-                records = evaluate_task(task, docs[name], backend, sandbox, store, opts, progress)
+                records = evaluate_task(task, docs[name], backend, sandbox, store, opts, logged, progress)
                 results["tasks"][name] = summarize_task(task, records, len(docs[name]), opts.sampling)
         except (KeyboardInterrupt, OSError) as e:
             raise RunInterrupted(store.path, e) from e

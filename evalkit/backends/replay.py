@@ -30,9 +30,13 @@ class ReplayBackend(Backend):
         self.loglikelihoods: dict[str, list[float]] = {}
         with open(self.path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    self._add(json.loads(line) if _is_json(line) else _bad(self.path, lineno, "not valid JSON"),
-                              lineno, known_ids, all_ids)
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    _bad(self.path, lineno, "not valid JSON")
+                self._add(row, lineno, known_ids, all_ids)
         if not self.completions and not self.loglikelihoods:
             raise BackendError(f"replay file {self.path} holds no completions")
         counts = {len(v) for v in self.completions.values()}
@@ -88,14 +92,6 @@ class ReplayBackend(Backend):
 
     def describe(self) -> dict:
         return {"name": self.name, "file": str(self.path), "sha256": sha256_file(self.path)}
-
-
-def _is_json(line: str) -> bool:
-    try:
-        json.loads(line)
-    except json.JSONDecodeError:
-        return False
-    return True
 
 
 def _bad(path: Path, lineno: int, why: str):
