@@ -32,16 +32,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evalkit.compare import Run, paired_samples, task_settings
+from evalkit.compare import paired_samples
+from evalkit.errors import EvalkitError
+from evalkit.experiment import GATE_TOLERATED, task_settings
+from evalkit.store import Run
 
 BOOTSTRAP_ITERS = 10_000
 BOOTSTRAP_SEED = 0
-# Recorded facts that may differ without making two runs incomparable; reported as notes. The seed only
-# picks which random samples are drawn; the problem sets are compared sample by sample, so `limit` adds nothing.
-TOLERATED_KEYS = ("environment.", "sampling.seed", "limit")
 
 
-class IncomparableRuns(ValueError):
+class IncomparableRuns(EvalkitError, ValueError):
     """The two runs did not measure the same thing; `problems` says how they differ."""
 
     def __init__(self, problems: list[str]):
@@ -125,7 +125,7 @@ def check_comparable(baseline: Run, candidate: Run, tasks: Sequence[str]) -> tup
             if _same(a.get(key), b.get(key)):
                 continue
             line = f"{task}: {key} differs (baseline {_brief(a.get(key))}, candidate {_brief(b.get(key))})"
-            if key.startswith(TOLERATED_KEYS):
+            if key.startswith(GATE_TOLERATED):
                 notes.append(line)
             else:
                 problems.append(line)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 from evalkit.answer_extraction import gsm8k_flexible_answer, gsm8k_strict_answer, parse_number
-from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
+from evalkit.data import HubSplit, load_rows
 from evalkit.metrics import accuracy_metrics
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.tasks import Scored, Task, TaskError, register
@@ -32,16 +32,13 @@ def reference_completion(answer: str) -> str:
 @register("gsm8k")
 class GSM8K(Task):
     name = "gsm8k"
+
     def docs(self) -> list[dict]:
-        path = self.data.local("gsm8k/test.jsonl")
-        if path is None:
-            rows, self.provenance = hub_rows("openai/gsm8k", "test", "main", self.data.revision)
-        else:
-            rows = [row for _, row in read_jsonl(path)]
-            self.provenance = file_provenance(path)
+        rows, self.provenance = load_rows(self.data, self.name, local="gsm8k/test.jsonl",
+                                          hub=[HubSplit("openai/gsm8k", "test", "main")],
+                                          fields={"question": str, "answer": str})
         docs = []
         for i, row in enumerate(rows):
-            require_fields(row, ("question", "answer"), f"gsm8k row {i}")
             if "####" not in row["answer"] or parse_number(row["answer"].split("####")[-1]) is None:
                 raise TaskError(f"gsm8k row {i}: the answer does not end in '#### <number>'")
             docs.append({"task_id": f"gsm8k/{i}", "question": row["question"], "solution": row["answer"],

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from evalkit.data import file_provenance, hub_rows, require_fields
+from evalkit.data import check_fields, file_provenance, hub_rows
 from evalkit.metrics import mean_stderr
 from evalkit.requests import LoglikelihoodRequest, SamplingParams
 from evalkit.tasks import Scored, Task, TaskError, register
@@ -24,7 +24,8 @@ def _read_csv_rows(path: Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     out = []
     for i, row in enumerate(rows):
-        require_fields(row, ("question", "choice0", "choice1", "choice2", "choice3", "answer"), f"{path} row {i}")
+        check_fields(row, dict.fromkeys(("question", "choice0", "choice1", "choice2", "choice3", "answer"), str),
+                     f"{path} row {i}")
         if row["answer"] not in ("0", "1", "2", "3"):
             raise TaskError(f"{path} row {i}: answer {row['answer']!r} is not an index 0-3")
         out.append({"question": row["question"], "choices": [row[f"choice{k}"] for k in range(4)],

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from evalkit.data import file_provenance, hub_rows, require_fields, sha256_file
+from evalkit.data import HubSplit, file_provenance, load_rows, sha256_file
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.sqlite_readonly import QueryError, run_query
 from evalkit.tasks import Scored, Task, TaskError, register
@@ -98,16 +98,12 @@ class Spider(Task):
         if tables_file is None:
             raise TaskError(f"tables.json (the schemas) is missing beside {root}. {DOWNLOAD_HELP}")
         schemas = {s["db_id"]: s for s in json.loads(tables_file.read_text(encoding="utf-8"))}
-        local = self.data.local("spider/dev.json")
-        if local is not None:
-            rows = json.loads(local.read_text(encoding="utf-8"))
-            self.provenance = file_provenance(local, tables_file)
-        else:
-            rows, self.provenance = hub_rows("xlangai/spider", "validation", revision=self.data.revision)
-            self.provenance["files"] = file_provenance(tables_file)["files"]
+        rows, self.provenance = load_rows(self.data, self.name, local="spider/dev.json",
+                                          hub=[HubSplit("xlangai/spider", "validation")],
+                                          fields={"db_id": str, "question": str, "query": str})
+        self.provenance["files"] = self.provenance.get("files", {}) | file_provenance(tables_file)["files"]
         docs = []
         for i, row in enumerate(rows):
-            require_fields(row, ("db_id", "question", "query"), f"spider row {i}")
             if row["db_id"] not in schemas:
                 raise TaskError(f"spider row {i}: database {row['db_id']!r} has no schema in {tables_file}")
             path = root / row["db_id"] / f"{row['db_id']}.sqlite"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from math_replay import reference_run, replay_run
 
-import tasks.aime24 as aime24_task
 from evalkit.answer_extraction import last_boxed
 from evalkit.data import DataConfig
 from evalkit.tasks import TaskError, get_task
@@ -29,14 +28,9 @@ def test_docs_and_prompt(aime):
     assert task.settings()["shots"] == 0 and "integer" in task.settings()["checker"]
 
 
-def test_minerva_prompt_is_refused(aime):
-    task, docs = aime
-    task.prompt_variant = "minerva"
-    try:
-        with pytest.raises(TaskError, match="aime24: unknown prompt variant 'minerva'"):
-            task.request(docs[0])
-    finally:
-        task.prompt_variant = "boxed"
+def test_minerva_prompt_is_refused(data_dir):
+    with pytest.raises(TaskError, match="aime24: unknown --prompt 'minerva'; aime24 takes one of boxed"):
+        get_task("aime24", DataConfig.from_options(str(data_dir)), prompt="minerva")
 
 
 @pytest.mark.parametrize(("answer", "right"), [
@@ -77,6 +71,6 @@ def test_hub_rows(monkeypatch):
         assert (repo, split) == ("Maxwell-Jia/AIME_2024", "train")
         return [{"ID": "2024-I-1", "Problem": "p", "Solution": "s", "Answer": 204}], {"source": "hub", "repo": repo}
 
-    monkeypatch.setattr(aime24_task, "hub_rows", fake_hub_rows)
+    monkeypatch.setattr("evalkit.data.hub_rows", fake_hub_rows)
     docs = get_task("aime24", DataConfig(mirror=None)).docs()
     assert docs == [{"task_id": "2024-I-1", "problem": "p", "solution": "s", "answer": "204"}]

@@ -9,7 +9,6 @@ import pytest
 import yaml
 from math_replay import replay_run
 
-import tasks.gsm8k as gsm8k_task
 from evalkit.data import DataConfig
 from evalkit.tasks import get_task
 
@@ -159,7 +158,7 @@ def test_hub_rows(monkeypatch):
         assert (repo, split, config) == ("openai/gsm8k", "test", "main")
         return [{"question": "2+2?", "answer": "2+2=<<2+2=4>>4\n#### 4"}], {"source": "hub", "repo": repo}
 
-    monkeypatch.setattr(gsm8k_task, "hub_rows", fake_hub_rows)
+    monkeypatch.setattr("evalkit.data.hub_rows", fake_hub_rows)
     task = get_task("gsm8k", DataConfig(mirror=None))
     docs = task.docs()
     assert docs[0]["task_id"] == "gsm8k/0" and task.request(docs[0]).reference == " 2+2=4 The answer is 4."

@@ -77,7 +77,7 @@ def copy_of(run_dir: Path, tmp_path: Path) -> Path:
 
 def test_resume_after_kill_9(slow_replay, clean_run, tmp_path):
     out = tmp_path / "runs"
-    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-dir", str(out))
+    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-path", str(out))
     run_dir, proc = start_and_stop(args, out, signal.SIGKILL, after_samples=6)
     assert proc.returncode == -signal.SIGKILL
     done_before = {(s["task_id"], s["sample_index"]) for s in lines(run_dir / "samples.jsonl")}
@@ -85,7 +85,7 @@ def test_resume_after_kill_9(slow_replay, clean_run, tmp_path):
     assert not (run_dir / "results.json").exists()
 
     resumed = subprocess.run(cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N),
-                                 "--output-dir", str(out), "--resume", str(run_dir)),
+                                 "--output-path", str(out), "--resume", str(run_dir)),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     samples = lines(run_dir / "samples.jsonl")
@@ -101,7 +101,7 @@ def test_resume_after_kill_9(slow_replay, clean_run, tmp_path):
 
 def test_ctrl_c_says_how_to_resume(slow_replay, tmp_path):
     out = tmp_path / "runs"
-    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-dir", str(out))
+    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-path", str(out))
     run_dir, proc = start_and_stop(args, out, signal.SIGINT, after_samples=2)
     stderr = proc.stderr.read()
     assert proc.returncode == 130
