@@ -117,8 +117,10 @@ def test_different_answers_fail(gold, pred):
 
 
 def test_normalisation_never_merges_different_numbers():
-    assert normalize_answer("\\left( 3, \\frac{\\pi}{2} \\right)") == "(3,\\frac{\\pi}{2})"
-    assert normalize_answer("1,000") == "1000" and normalize_answer("1,2") == "1,2"  # a tuple stays a tuple
+    assert normalize_answer("\\left( 3, \\frac{\\pi}{2} \\right)") == "(3, \\frac{\\pi}{2})"
+    assert exact_number("1,000") == 1000 and exact_number("1,2") is None  # a tuple stays a tuple
+    assert exact_number("2, 220") is None and exact_number("010,080") is None  # pairs for math-verify
+    assert normalize_answer("4 2") != normalize_answer("42") and exact_number("9.") is None
     assert exact_number("10\\%") is None  # 10 or 0.1: left to math-verify
     assert exact_number("-\\frac{3}{4}") == exact_number("-0.75")
 
