@@ -1,8 +1,9 @@
 """Pulling the final answer out of a model's free-form solution text.
 
 Math answers are taken in a fixed order of preference: the last balanced `\\boxed{...}`, then the text
-after "final answer is", then the last number. GSM8K has its own pair of extractors (strict and
-flexible) because its published numbers report both.
+after "final answer is", then the last number. GSM8K has lm-eval's two extractors (strict-match and
+flexible-extract, with lm-eval's exact_match comparison) because its published numbers report both, and a
+lenient one of its own.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ _NUMBER_RE = re.compile(_NUMBER)
 # "The final answer is $x$. I hope it is correct." (Minerva) and "the final answer is x" (free text).
 _FINAL_ANSWER_RE = re.compile(r"final answer is:?\s*(.+?)(?:\s*\.?\s*I hope it is correct|\n|$)", re.IGNORECASE)
 
-# GSM8K strict formats: the exemplars' "The answer is N" and the dataset's own "#### N".
-_GSM8K_STRICT_RE = re.compile(r"(?:The answer is|####)\s*\$?\s*(-?[\d,]*\.?\d+)")
-_GSM8K_NUMBER_RE = re.compile(r"-?(?:\$\s?)?(?:\d[\d,]*\.?\d*|\.\d+)")
+# lm-eval 0.4 gsm8k_cot (gsm8k-cot.yaml), verbatim: the filters' regexes and exact_match's regexes_to_ignore
+# (with ignore_case). tests/test_gsm8k.py reads them from lm-eval's installed YAML and compares.
+GSM8K_STRICT_MATCH_RE = re.compile(r"The answer is (\-?[0-9\.\,]+).")  # first match
+GSM8K_FLEXIBLE_EXTRACT_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")  # last match
+GSM8K_EXACT_MATCH_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
+
+# evalkit's lenient reading: the exemplars' "The answer is N" or the dataset's "#### N", `$` and spaces allowed.
+_GSM8K_STATED_RE = re.compile(r"(?:The answer is|####)\s*\$?\s*(-?[\d,]*\.?\d+)")
 
 
 def last_boxed(text: str) -> str | None:
@@ -77,16 +83,41 @@ def extract_math_answer(text: str) -> tuple[str | None, str]:
     return None, "none"
 
 
-def gsm8k_strict_answer(text: str) -> str | None:
-    """The number after the first "The answer is" or "####", as the 8-shot exemplars teach."""
-    match = _GSM8K_STRICT_RE.search(text)
+def regex_filter(pattern: re.Pattern, text: str, group_select: int) -> str | None:
+    """lm-eval's `regex` filter: the `group_select`-th match (its first non-empty group when the pattern has
+    several), stripped; None where lm-eval returns its "[invalid]" fallback."""
+    matches = pattern.findall(text)
+    if not matches:
+        return None
+    match = matches[group_select]
+    if isinstance(match, tuple):
+        match = next((group for group in match if group), None)
+        if match is None:
+            return None
+    return match.strip()
+
+
+def gsm8k_strict_match(text: str) -> str | None:
+    """lm-eval's strict-match: the first "The answer is N" followed by any one character."""
+    return regex_filter(GSM8K_STRICT_MATCH_RE, text, 0)
+
+
+def gsm8k_flexible_extract(text: str) -> str | None:
+    """lm-eval's flexible-extract: the last number-like run (`$`, `.` and `,` included)."""
+    return regex_filter(GSM8K_FLEXIBLE_EXTRACT_RE, text, -1)
+
+
+def gsm8k_exact_match_key(text: str) -> str:
+    """What lm-eval's exact_match compares: the ignored patterns removed in order, then lower case."""
+    for pattern in GSM8K_EXACT_MATCH_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def gsm8k_stated_answer(text: str) -> str | None:
+    """The number after the first "The answer is" or "####", allowing `$` and spaces before it."""
+    match = _GSM8K_STATED_RE.search(text)
     return match.group(1) if match else None
-
-
-def gsm8k_flexible_answer(text: str) -> str | None:
-    """The last number anywhere in the text."""
-    numbers = [n for n in _GSM8K_NUMBER_RE.findall(text) if any(ch.isdigit() for ch in n)]
-    return numbers[-1] if numbers else None
 
 
 def parse_number(text: str) -> float | None:

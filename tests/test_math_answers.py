@@ -10,8 +10,10 @@ import pytest
 from evalkit.answer_extraction import (
     extract_math_answer,
     final_answer_phrase,
-    gsm8k_flexible_answer,
-    gsm8k_strict_answer,
+    gsm8k_exact_match_key,
+    gsm8k_flexible_extract,
+    gsm8k_stated_answer,
+    gsm8k_strict_match,
     last_boxed,
     parse_number,
 )
@@ -54,13 +56,17 @@ def test_final_answer_phrase_free_text():
 
 def test_gsm8k_extractors():
     text = "She has 3 + 4 = 7 apples. The answer is 1,207.\n\nQ: next question 99"
-    assert gsm8k_strict_answer(text) == "1,207"
-    assert gsm8k_flexible_answer(text) == "99"
-    assert gsm8k_strict_answer("so\n#### 72") == "72"
-    assert gsm8k_strict_answer("The answer is $18.") == "18"
-    assert gsm8k_strict_answer("the answer is 5") is None  # the exemplars' capitalised phrase only
-    assert gsm8k_flexible_answer("It costs $1,000.") == "$1,000."
-    assert gsm8k_flexible_answer("no digits ...") is None
+    assert gsm8k_strict_match(text) == "1,207" and gsm8k_stated_answer(text) == "1,207"
+    assert gsm8k_flexible_extract(text) == "99"
+    # lm-eval's strict-match needs a character after the number; evalkit's stated answer does not.
+    assert gsm8k_strict_match("The answer is 72") == "7" and gsm8k_stated_answer("The answer is 72") == "72"
+    assert gsm8k_strict_match("so\n#### 72") is None and gsm8k_stated_answer("so\n#### 72") == "72"
+    assert gsm8k_strict_match("The answer is $18.") is None and gsm8k_stated_answer("The answer is $18.") == "18"
+    assert gsm8k_stated_answer("the answer is 5") is None  # the exemplars' capitalised phrase only
+    assert gsm8k_flexible_extract("It costs $1,000.") == "$1,000."
+    assert gsm8k_flexible_extract("no digits ...") == "..."  # lm-eval's flexible pattern takes it as a number
+    assert gsm8k_flexible_extract("no digits at all") is None and gsm8k_flexible_extract("only 7") == "7"
+    assert gsm8k_exact_match_key("$1,000.") == "1000" and gsm8k_exact_match_key("18.00") == "18.00"
     assert parse_number("$1,000.") == 1000.0 and parse_number("-3.50") == -3.5 and parse_number("abc") is None
 
 

@@ -80,7 +80,7 @@ def test_reference_run_scores_one_on_every_math_and_knowledge_task(tmp_path):
     assert metrics == {
         "math": {"accuracy": 1.0},
         "math500": {"accuracy": 1.0},
-        "gsm8k": {"strict_match": 1.0, "flexible_extract": 1.0},
+        "gsm8k": {"strict_match": 1.0, "flexible_extract": 1.0, "numeric_match": 1.0},
         "mmlu": {"acc": 1.0, "acc_macro": 1.0},
         "aime24": {"accuracy": 1.0},
     }
