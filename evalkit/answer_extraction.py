@@ -1,9 +1,10 @@
 """Pulling the final answer out of a model's free-form solution text.
 
-Math answers are taken in a fixed order of preference: the last balanced `\\boxed{...}`, then the text
-after "final answer is", then the last number. GSM8K has lm-eval's two extractors (strict-match and
-flexible-extract, with lm-eval's exact_match comparison) because its published numbers report both, and a
-lenient one of its own.
+Math answers are taken in math-verify's order of preference (the reference scorer of MATH-500): Minerva's
+closing sentence "final answer is X. I hope it is correct"; then the last balanced `\\boxed{...}` or free
+"final answer is X", whichever ends later; then the last math span or number, whichever ends later.
+GSM8K has lm-eval's two extractors (strict-match and flexible-extract, with lm-eval's exact_match
+comparison) because its published numbers report both, and a lenient one of its own.
 """
 
 from __future__ import annotations
@@ -12,12 +13,26 @@ import re
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox", "\\framebox")
 
-# A number as models write it: optional sign, thousands commas, decimals, an optional "/denominator".
+# A number as models write it: optional sign, thousands commas, decimals, an optional "/denominator"; as in
+# math-verify, only after the start, a space or "=" (so not the 9 of a `\\boxed{9` cut off mid-answer).
 _NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+"
-_NUMBER_RE = re.compile(_NUMBER)
+_NUMBER_RE = re.compile(rf"(?:^|(?<=[\s=]))[$€£]?({_NUMBER})")
 
 # "The final answer is $x$. I hope it is correct." (Minerva) and "the final answer is x" (free text).
-_FINAL_ANSWER_RE = re.compile(r"final answer is:?\s*(.+?)(?:\s*\.?\s*I hope it is correct|\n|$)", re.IGNORECASE)
+_FINAL_ANSWER_RE = re.compile(r"final answer is:?\s*(.+?)(\s*\.?\s*I hope it is correct|\n|$)", re.IGNORECASE)
+
+# As math-verify, a free "final answer is" counts only before math or a number ("... is positive, because" does not).
+_FREE_ANSWER_START_RE = re.compile(r"\$|\\[(\[]|[-+]?[$€£]?\.?\d")
+
+# Math spans, as math-verify finds plain LaTeX: $$..$$, \[..\], $..$ and \(..\) on one line, a bare \frac{a}{b}.
+_MATH_SPAN_RE = re.compile(
+    r"(?<!\\)\$\$(?P<display>(?:[^$]|\$(?!\$))+?)(?<!\\)\$\$"
+    r"|(?<!\\)\\\[(?P<bracket>(?:[^\\]|\\(?!\]))+?)(?<!\\)\\\]"
+    r"|(?<![\\\d])\$(?P<inline>(?:\\[$]|[^\n$])+?)(?<!\\)\$"
+    r"|(?<!\\)\\\((?P<paren>(?:[^\\\n]|\\(?!\)))+?)(?<!\\)\\\)"
+    r"|(?P<fraction>-?\\frac\{-?\d+(?:[.,]\d+)?\}\{-?\d+(?:[.,]\d+)?\})",
+    re.DOTALL,
+)
 
 # lm-eval 0.4 gsm8k_cot (gsm8k-cot.yaml), verbatim: the filters' regexes and exact_match's regexes_to_ignore
 # (with ignore_case). tests/test_gsm8k.py reads them from lm-eval's installed YAML and compares.
@@ -31,54 +46,91 @@ _GSM8K_STATED_RE = re.compile(r"(?:The answer is|####)\s*\$?\s*(-?[\d,]*\.?\d+)"
 
 def last_boxed(text: str) -> str | None:
     """Contents of the last balanced `\\boxed{...}` (or `\\fbox`, `\\framebox`, `\\boxed x`), or None."""
+    found = _last_boxed_span(text)
+    return found[0] if found else None
+
+
+def _last_boxed_span(text: str) -> tuple[str, int] | None:
+    """(contents, end offset) of the last balanced box."""
     start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
     if start < 0:
         return None
     cmd = next(c for c in _BOX_COMMANDS if text.startswith(c, start))
-    rest = text[start + len(cmd) :]
+    after = start + len(cmd)
+    rest = text[after:]
     if rest.startswith(" ") and not rest.lstrip().startswith("{"):
         # `\boxed 5`: the argument runs to the end of the math span.
-        return rest.strip().split("$")[0].strip() or None
-    rest = rest.lstrip()
-    if not rest.startswith("{"):
+        argument = rest.strip().split("$")[0]
+        return (argument.strip(), text.index(argument, after) + len(argument)) if argument.strip() else None
+    opening = after + len(rest) - len(rest.lstrip())
+    if not text.startswith("{", opening):
         return None
     depth = 0
-    for i, ch in enumerate(rest):
-        if ch == "{":
+    for i in range(opening, len(text)):
+        if text[i] == "{":
             depth += 1
-        elif ch == "}":
+        elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return rest[1:i].strip()
+                return text[opening + 1 : i].strip(), i + 1
     return None  # unbalanced: the generation was cut off inside the box
 
 
+def _final_answers(text: str) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    """(the last Minerva closing sentence's answer, the last free "final answer is" answer), each with its end."""
+    sentence = free = None
+    for m in _FINAL_ANSWER_RE.finditer(text):
+        answer = m.group(1).strip().rstrip(".").strip()
+        if answer.startswith("$") and answer.endswith("$") and len(answer) > 1:
+            answer = answer.strip("$").strip()
+        answer = last_boxed(answer) or answer  # "The final answer is $\\boxed{5}$."
+        if not answer:
+            continue
+        if m.group(2).strip():
+            sentence = (answer, m.end())
+        elif _FREE_ANSWER_START_RE.match(m.group(1)):
+            free = (answer, m.end(1))
+    return sentence, free
+
+
 def final_answer_phrase(text: str) -> str | None:
-    """What follows the last "final answer is", without surrounding `$` and a closing period."""
-    matches = list(_FINAL_ANSWER_RE.finditer(text))
-    if not matches:
-        return None
-    answer = matches[-1].group(1).strip().rstrip(".").strip()
-    if answer.startswith("$") and answer.endswith("$") and len(answer) > 1:
-        answer = answer.strip("$").strip()
-    return answer or None
+    """What follows the last "final answer is", without surrounding `$`, a box and a closing period."""
+    sentence, free = _final_answers(text)
+    found = max((c for c in (sentence, free) if c), key=lambda c: c[1], default=None)
+    return found[0] if found else None
 
 
 def last_number(text: str) -> str | None:
-    """The last number in the text (commas, decimals and simple fractions kept), or None."""
+    """The last number after the start, a space or "=" (commas, decimals and simple fractions kept), or None."""
     numbers = _NUMBER_RE.findall(text)
     return numbers[-1] if numbers else None
 
 
-# The order of preference: an explicit box beats a stated final answer beats a stray number.
-_MATH_EXTRACTORS = (("boxed", last_boxed), ("final_answer", final_answer_phrase), ("last_number", last_number))
+def _last_math_span(text: str) -> tuple[str, int] | None:
+    spans = [(next(g for g in m.groups() if g is not None).strip(), m.end()) for m in _MATH_SPAN_RE.finditer(text)]
+    spans = [span for span in spans if span[0]]
+    return spans[-1] if spans else None
+
+
+def _last_number_span(text: str) -> tuple[str, int] | None:
+    matches = list(_NUMBER_RE.finditer(text))
+    return (matches[-1].group(1), matches[-1].end()) if matches else None
 
 
 def extract_math_answer(text: str) -> tuple[str | None, str]:
-    """The final answer and how it was found: "boxed", "final_answer", "last_number" or "none"."""
-    for method, extractor in _MATH_EXTRACTORS:
-        answer = extractor(text)
-        if answer:
+    """The final answer and how it was found: "final_answer", "boxed", "math_span", "last_number" or "none".
+
+    math-verify's priorities: Minerva's closing sentence first; then a box or a free "final answer is",
+    whichever ends later; then a math span or a number, whichever ends later.
+    """
+    sentence, free = _final_answers(text)
+    if sentence:
+        return sentence[0], "final_answer"
+    for group in ((("boxed", _last_boxed_span(text)), ("final_answer", free)),
+                  (("math_span", _last_math_span(text)), ("last_number", _last_number_span(text)))):
+        found = [(end, method, answer) for method, candidate in group if candidate for answer, end in [candidate]]
+        if found:
+            _, method, answer = max(found, key=lambda f: f[0])
             return answer, method
     return None, "none"
 

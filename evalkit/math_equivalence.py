@@ -197,9 +197,11 @@ def serve() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            # The caller enforces the time limit, so math-verify's own SIGALRM limits are off.
-            gold = parse(f"\\boxed{{{request['gold']}}}", parsing_timeout=None)
-            pred = parse(f"\\boxed{{{request['pred']}}}", parsing_timeout=None)
+            # The caller enforces the time limit, so math-verify's own SIGALRM limits are off. Answers are read
+            # as they stand in solutions and completions, `$\\boxed{...}$`: math-verify reads some differently
+            # without the dollars (\\boxed{\\text{\\frac{1}{2}}} is 1/2 there, text with them).
+            gold = parse(f"$\\boxed{{{request['gold']}}}$", parsing_timeout=None)
+            pred = parse(f"$\\boxed{{{request['pred']}}}$", parsing_timeout=None)
             reply = {"equal": bool(verify(gold, pred, timeout_seconds=None))}
         except Exception as e:  # a parser/sympy failure is a "not judged", never a crash
             reply = {"equal": False, "error": f"{type(e).__name__}: {e}"}

@@ -41,11 +41,19 @@ def test_last_boxed_variants_and_failures():
     assert last_boxed("cut off \\boxed{\\frac{1}{2") is None  # unbalanced: generation stopped inside
 
 
-def test_extraction_order_box_then_final_answer_then_last_number():
-    assert extract_math_answer("x = 3, so $\\boxed{4}$.\nFinal Answer: The final answer is $5$.") == ("4", "boxed")
-    minerva = "It is 12.\nFinal Answer: The final answer is $\\frac{2}{3}$. I hope it is correct."
+def test_extraction_order_is_math_verifys():
+    # Minerva's closing sentence beats a box, wherever each stands.
+    minerva = "It is 12, $\\boxed{3}$.\nFinal Answer: The final answer is $\\frac{2}{3}$. I hope it is correct."
     assert extract_math_answer(minerva) == ("\\frac{2}{3}", "final_answer")
-    assert extract_math_answer("We get 3 apples and then 1,250.5 pears") == ("1,250.5", "last_number")
+    # A box and a free "final answer is": the one that ends later.
+    assert extract_math_answer("x = 3, so $\\boxed{4}$.\nThe final answer is $5$.") == ("5", "final_answer")
+    assert extract_math_answer("The final answer is $5$.\nNo: $\\boxed{4}$.") == ("4", "boxed")
+    assert extract_math_answer("The final answer is $\\boxed{7}$.") == ("7", "final_answer")
+    # Then a math span or a number standing after a space or "=": the one that ends later.
+    assert extract_math_answer("The result is $p - q$.") == ("p - q", "math_span")
+    assert extract_math_answer("The result is \\frac{14}{3}") == ("\\frac{14}{3}", "math_span")
+    assert extract_math_answer("We have $x^2$ and then 1,250.5 pears") == ("1,250.5", "last_number")
+    assert extract_math_answer("so $\\boxed{9") == (None, "none")  # cut off inside the box
     assert extract_math_answer("I cannot solve this.") == (None, "none")
 
 

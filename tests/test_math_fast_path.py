@@ -1,8 +1,8 @@
 """The string/number fast path of answer equivalence decides only as math-verify would.
 
-math-verify is run here as the reference, the way lm-eval's minerva_math and the MATH-500 leaderboards call it
-(`verify(parse("\\boxed{gold}"), parse("\\boxed{answer}"))`). Every pair the fast path decides (equal or not)
-must get the same verdict from math-verify; pairs it leaves open go to math-verify anyway.
+math-verify is run here as the reference, on answers as they stand in solutions and completions:
+`verify(parse("$\\boxed{gold}$"), parse("$\\boxed{answer}$"))`. Every pair the fast path decides (equal or
+not) must get the same verdict from math-verify; pairs it leaves open go to math-verify anyway.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def math_verify_equal(gold: str, answer: str) -> bool:
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    return bool(verify(parse(f"\\boxed{{{gold}}}"), parse(f"\\boxed{{{answer}}}")))
+    return bool(verify(parse(f"$\\boxed{{{gold}}}$"), parse(f"$\\boxed{{{answer}}}$")))
 
 
 @pytest.fixture(scope="module")
