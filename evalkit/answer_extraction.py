@@ -94,9 +94,10 @@ def _final_answers(text: str) -> tuple[tuple[str, int] | None, tuple[str, int] |
 
 
 def final_answer_phrase(text: str) -> str | None:
-    """What follows the last "final answer is", without surrounding `$`, a box and a closing period."""
+    """The answer of the last Minerva closing sentence, else of the last free "final answer is" (before math or
+    a number), without surrounding `$`, a box and a closing period."""
     sentence, free = _final_answers(text)
-    found = max((c for c in (sentence, free) if c), key=lambda c: c[1], default=None)
+    found = sentence or free
     return found[0] if found else None
 
 

@@ -60,6 +60,9 @@ def test_extraction_order_is_math_verifys():
 def test_final_answer_phrase_free_text():
     assert final_answer_phrase("Thus the final answer is 42.") == "42"
     assert final_answer_phrase("The final answer is: $x^2$\nMore text") == "x^2"
+    assert final_answer_phrase("The final answer is positive, because x > 0.") is None  # no math after "is"
+    sentence = "The final answer is $3$. I hope it is correct.\nSo the final answer is $4$."
+    assert final_answer_phrase(sentence) == "3"  # Minerva's closing sentence first, as math-verify
 
 
 def test_gsm8k_extractors():
