@@ -117,8 +117,9 @@ class _Worker:
         self.name = f"evalkit-sbx-{os.getpid()}-{next(self._ids)}-{uuid.uuid4().hex[:6]}"
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.slot: int | None = _SLOTS.claim()
+        parent = worker_cgroup_parent(self.slot)
         self.proc = subprocess.Popen(
-            docker_run_args(image, self.name, worker_cgroup_parent(self.slot)),
+            docker_run_args(image, self.name, parent),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -126,7 +127,8 @@ class _Worker:
         if first is None or not first.startswith('{"ready"'):
             err = self._stderr_text()
             self.kill()
-            raise SandboxError(f"a sandbox worker container failed to start: {err or first or 'no answer'}")
+            hint = f" (it was placed under cgroup {parent}; {CGROUP_PARENT_ENV}= keeps the default)" if parent else ""
+            raise SandboxError(f"a sandbox worker container failed to start: {err or first or 'no answer'}{hint}")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
