@@ -28,7 +28,7 @@ from evalkit.errors import RunStoreError
 from evalkit.experiment import same_experiment
 from evalkit.provenance import git_state, new_run_id, package_versions
 from evalkit.requests import Completion, Failure, GenerationRequest, LoglikelihoodRequest, SamplingParams
-from evalkit.sandbox import Sandbox, open_sandbox
+from evalkit.sandbox import Sandbox, SandboxUnavailable, open_sandbox
 from evalkit.sanitize import truncate_at_stop
 from evalkit.store import RunStore
 from evalkit.tasks import Doc, Scored, Task, build_tasks
@@ -268,6 +268,8 @@ class TaskEvaluation:
             output = truncate_at_stop(output, req.stop)  # whichever backend made it, the task's stops apply
         try:
             scored = self.task.score(doc, output, self.sandbox)
+        except SandboxUnavailable:  # no verdict at all: the run stops and --resume does this sample
+            raise
         except Exception as e:  # a scorer bug on one sample is recorded, never a lost run
             scored = Scored(verdict="error", error=f"scorer raised {type(e).__name__}: {e}")
         completion = Completion(entry["output"] if isinstance(entry["output"], str) else "",
@@ -338,6 +340,8 @@ def run_evaluation(opts: RunOptions, backend: Backend | None = None, progress: b
     try:
         config = describe_run(opts, tasks, docs, backend, sandbox)
         store, run_id = open_store(opts, config, log)
+        if sandbox is not None:
+            sandbox.label_run(run_id)
         results: dict = {"run_id": run_id, "model": opts.model, "tasks": {}, "config": config}
         generations, samples = store.generations(), store.samples()  # read once: what a resumed run already has
         try:
@@ -346,7 +350,7 @@ def run_evaluation(opts: RunOptions, backend: Backend | None = None, progress: b
                                             _of_task(generations, name), _of_task(samples, name), progress)
                 records = evaluation.run()
                 results["tasks"][name] = summarize_task(task, records, len(docs[name]), opts.sampling)
-        except (KeyboardInterrupt, OSError) as e:
+        except (KeyboardInterrupt, OSError, SandboxUnavailable) as e:
             raise RunInterrupted(store.path, e) from e
         info = store.load_run_info()
         info.update(status="finished", finished=dt.datetime.now().isoformat())
