@@ -1,14 +1,16 @@
 """MultiPL-E HumanEval (C++, Java, JavaScript, Bash): translated prompts, each language's stop tokens and tests.
 
 The setting behind the HumanEval C++/Java/JS/Bash numbers reported for Codestral Mamba. The program is
-MultiPL-E's `prompt + completion + "\\n" + tests`, run as its evaluators run it (eval_cpp, eval_java,
-eval_javascript, eval_sh): pass means every command exits 0. The data has no canonical solutions, so
-the reference backend cannot answer these tasks; tests/test_multipl_e.py carries hand-written ones.
+MultiPL-E's `prompt + completion + "\\n" + tests`, built and run as its evaluators do (eval_cpp, eval_java,
+eval_javascript, eval_sh), under each language's trusted test harness (evalkit.harness): pass means every
+command exits 0 and the tests signal that they ran to their end. The data has no canonical solutions, so the
+reference backend cannot answer these tasks; tests/test_multipl_e.py carries hand-written ones.
+DELIBERATE_DIFFERENCES lists every way a verdict can differ from MultiPL-E's run rule.
 """
 
 from __future__ import annotations
 
-from evalkit import languages
+from evalkit import harness, languages
 from evalkit.data import HubSplit, load_rows
 from evalkit.execution import run_scored
 from evalkit.requests import GenerationRequest
@@ -22,11 +24,28 @@ RECIPES = {
     "js": languages.javascript,
     "sh": languages.bash,
 }
+REFERENCE_TIMEOUT_S = 15.0  # MultiPL-E's evaluators (per program, compile included)
+EVALUATORS = {"cpp": "eval_cpp", "java": "eval_java", "js": "eval_javascript", "sh": "eval_sh"}
+DELIBERATE_DIFFERENCES = {
+    "end-of-tests-signal": "a program that exits with status 0 before its tests end fails (a static initializer "
+                           "or shutdown hook that exits, a module-level process.exit(0), a bash trap 'exit 0' "
+                           "EXIT); MultiPL-E passes any exit status 0",
+    "tests-out-of-reach": "the completion cannot change the tests: C++ tests come before it, so its macros "
+                          "(#define assert) do not reach them, and use an assert it cannot interpose; JavaScript "
+                          "tests run in a scope of their own (a hoisted `function require` or a patched assert, "
+                          "JSON or Math is not theirs); each bash call of the completion runs in a fresh bash "
+                          "(a function named `set` or a trap cannot reach the tests) whose top-level output goes "
+                          "to stderr",
+    "limits": f"per command: 60 s (C++, Java: the compile and the run each) or 20 s (JavaScript, Bash) of wall "
+              f"clock (MultiPL-E: {REFERENCE_TIMEOUT_S:g} s per program); `--task-option timeout=15` applies the "
+              "reference's limit to each command",
+}
 
 
 class MultiPLE(Task):
     uses_sandbox = True
-    options = {"timeout": timeout_option(None, "15 s (MultiPL-E); default: the language recipe's")}
+    options = {"timeout": timeout_option(None, f"{REFERENCE_TIMEOUT_S:g} s (MultiPL-E); default: the language "
+                                               "recipe's")}
     lang: str
 
     def docs(self) -> list[dict]:
@@ -38,20 +57,36 @@ class MultiPLE(Task):
     def request(self, doc: dict) -> GenerationRequest:
         return GenerationRequest(doc["task_id"], doc["prompt"], tuple(doc["stop_tokens"]), 1024)
 
-    def program(self, doc: dict, completion: str) -> str:
+    def reference_program(self, doc: dict, completion: str) -> str:
+        """MultiPL-E's program text: prompt + completion (cut at the stop tokens) + "\\n" + tests."""
         return doc["prompt"] + truncate_at_stop(completion, doc["stop_tokens"]) + "\n" + doc["tests"]
 
+    def program(self, doc: dict, completion: str) -> harness.TestSource:
+        """The same program under the language's test harness."""
+        body = truncate_at_stop(completion, doc["stop_tokens"])
+        if self.lang == "cpp":
+            return harness.cpp_tests(doc["prompt"], body + "\n", doc["tests"], tests_close_function=True)
+        if self.lang == "java":
+            return harness.java_tests(self.reference_program(doc, completion), "Problem")
+        if self.lang == "js":
+            return harness.js_tests(doc["prompt"], body + "\n", doc["tests"])
+        return harness.bash_tests(doc["prompt"], body, doc["tests"])
+
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
-        text = self.program(doc, completion)
-        return run_scored(sandbox, RECIPES[self.lang]().program(text, self.option("timeout")), text)
+        source = self.program(doc, completion)
+        return run_scored(sandbox, RECIPES[self.lang]().tests(source, self.option("timeout")), source.shown)
 
     def settings(self) -> dict:
         return {
             "prompt": "the dataset prompt verbatim (reworded HumanEval translation), no few-shot",
             "stop": "the row's stop_tokens",
             "sanitizer": "cut at the stop tokens",
-            "checker": "prompt + completion + '\\n' + tests; pass = every command exits 0",
+            "checker": "prompt + completion + '\\n' + tests under evalkit's test harness; pass = every command "
+                       "exits 0 and the tests signal their end",
             "run": RECIPES[self.lang]().describe() | self._timeout_setting(),
+            "reference_timeout_s": REFERENCE_TIMEOUT_S,
+            "reference_scorer": f"MultiPL-E {EVALUATORS[self.lang]}",
+            "deliberate_differences": DELIBERATE_DIFFERENCES,
         }
 
     def _timeout_setting(self) -> dict:
@@ -59,6 +94,7 @@ class MultiPLE(Task):
 
     def environment(self, sandbox) -> dict:
         extra = (languages.library_versions("libjavatuples-java"),) if self.lang == "java" else ()
+        extra += (languages.library_versions("bc"),) if self.lang == "sh" else ()
         return languages.toolchain_environment(sandbox, RECIPES[self.lang](), extra)
 
 
