@@ -52,19 +52,21 @@ def test_docs_and_requests(docs, tasks, lang):
 
 def test_cpp_program_adds_missing_headers_and_links_openssl_for_md5(tasks, docs):
     doc = docs["cpp"]["CPP/0"]
-    text = tasks["cpp"].program(doc, doc["canonical_solution"])
+    text = tasks["cpp"].reference_program(doc, doc["canonical_solution"])
     assert text.startswith("#include<stdlib.h>\n#include<algorithm>\n")
     assert "#include<stdio.h>\n#include<vector>\n#include<math.h>" in text  # the prompt's own, left in place
     assert text.endswith(doc["test"])
+    harnessed = tasks["cpp"].program(doc, doc["canonical_solution"]).files["main.cpp"]
+    assert "\n#include<stdlib.h>\n#include<algorithm>\n" in harnessed
     assert "-lcrypto" in tasks["cpp"].recipe(docs["cpp"]["CPP/162"]).build[0]
     assert "-lcrypto" not in tasks["cpp"].recipe(doc).build[0]
 
 
 def test_go_program_imports_what_the_completion_uses(tasks, docs):
     doc = docs["go"]["Go/0"]
-    plain = tasks["go"].program(doc, doc["canonical_solution"])
+    plain = tasks["go"].reference_program(doc, doc["canonical_solution"])
     assert plain.startswith(doc["test_setup"] + '\nimport (\n"math"\n)\n') and doc["import"] not in plain
-    using = tasks["go"].program(doc, '    _ = strings.ToUpper("x")\n' + doc["canonical_solution"])
+    using = tasks["go"].reference_program(doc, '    _ = strings.ToUpper("x")\n' + doc["canonical_solution"])
     assert using.startswith(doc["test_setup"] + '\nimport (\n"math"\n    "strings"\n)\n')
 
 
@@ -73,18 +75,21 @@ def test_rust_drops_crate_uses_and_adds_main(tasks, docs):
     req = tasks["rust"].request(doc)
     assert "use rand::Rng;" not in req.prompt and "use std::{slice::Iter" in req.prompt
     assert req.prompt.endswith(doc["prompt"])
-    assert tasks["rust"].program(doc, "x").startswith("\nfn main(){ \n } \n")
+    assert tasks["rust"].reference_program(doc, "x").startswith("\nfn main(){ \n } \n")
+    harnessed = tasks["rust"].program(doc, "x").files["main.rs"]
+    assert harnessed.index("pub fn test_has_close_elements") < harnessed.index("fn has_close_elements")
 
 
 def test_java_completion_that_only_closes_the_method_gets_the_class_closed(tasks, docs):
     doc = docs["java"]["Java/0"]
     method_only = doc["canonical_solution"].rstrip()[:-1]  # drop the class's closing brace
-    assert tasks["java"].program(doc, method_only) == tasks["java"].program(doc, doc["canonical_solution"])
+    assert tasks["java"].reference_program(doc, method_only) == tasks["java"].reference_program(
+        doc, doc["canonical_solution"])
 
 
 def test_completion_is_cut_at_stop_sequences(tasks, docs):
     doc = docs["cpp"]["CPP/94"]  # its canonical solution carries the test's own #undef/#include lines
-    assert "#undef NDEBUG\n#include<assert.h>\n\n" not in tasks["cpp"].program(doc, doc["canonical_solution"])
+    assert "#undef NDEBUG\n#include<assert.h>\n\n" not in tasks["cpp"].reference_program(doc, doc["canonical_solution"])
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +166,7 @@ def test_verdicts_agree_with_codegeex_run_commands(verdicts, tasks, docs, lang):
         doc = docs[lang][tid]
         completion = doc["canonical_solution"] if kind == "canonical" else swap_booleans(doc["canonical_solution"])
         ours = verdicts[(lang, tid, kind)].passed
-        assert reference_passes(lang, tid, tasks[lang].program(doc, completion)) == ours, (tid, kind, ours)
+        assert reference_passes(lang, tid, tasks[lang].reference_program(doc, completion)) == ours, (tid, kind, ours)
 
 
 def test_loads_from_the_hub_without_a_mirror(monkeypatch, docs):

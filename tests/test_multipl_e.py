@@ -137,7 +137,7 @@ def test_docs_use_multipl_e_names_and_stop_tokens(docs, tasks, lang):
 
 def test_program_is_prompt_completion_tests_cut_at_stop(tasks, docs):
     doc = docs["cpp"]["HumanEval_53_add"]
-    text = tasks["cpp"].program(doc, "    return x + y;\n}\n\nint main() { return 1; }\n")
+    text = tasks["cpp"].reference_program(doc, "    return x + y;\n}\n\nint main() { return 1; }\n")
     assert text == doc["prompt"] + "    return x + y;" + "\n" + doc["tests"]
 
 
@@ -207,7 +207,7 @@ def test_verdicts_agree_with_multipl_e_run_commands(sandbox_verdicts, tasks, doc
         pytest.skip(f"MultiPL-E's Java command needs {languages.JAVATUPLES_JAR} (Debian: libjavatuples-java)")
     for name in HOST_SAMPLE:
         for kind, completion in zip(("correct", "mutated"), SOLUTIONS[name][lang], strict=True):
-            program = tasks[lang].program(docs[lang][name], completion)
+            program = tasks[lang].reference_program(docs[lang][name], completion)
             ours = sandbox_verdicts[(lang, name, kind)].passed
             assert reference_passes(lang, program) == ours, (name, kind, ours)
 
