@@ -161,6 +161,7 @@ class TaskEvaluation:
         self.pending: set[Future] = set()
 
     def run(self) -> list[dict]:
+        interrupted = False
         try:
             todo_generate = []
             for doc in self.docs:
@@ -173,11 +174,16 @@ class TaskEvaluation:
             for batch in _batches(todo_generate, max(1, self.opts.requests_per_call)):
                 self.generate(batch)
             self.drain(0)
+        except BaseException:
+            interrupted = True
+            raise
         finally:
             for future in self.pending:
                 future.cancel()
             if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
+                # Interrupted: do not wait for the programs in flight (up to a minute each); closing the sandbox
+                # ends them, and their samples are done again on --resume.
+                self.pool.shutdown(wait=not interrupted, cancel_futures=True)
             self.bar.close()
         return sorted((self.samples[(d["task_id"], i)] for d in self.docs for i in range(self.n)),
                       key=lambda r: (r["task_id"], r["sample_index"]))

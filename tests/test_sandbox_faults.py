@@ -23,6 +23,7 @@ from evalkit.sandbox.socket_proxy import DockerSocketProxy
 pytestmark = pytest.mark.docker
 
 SLOW = Program({"s.py": "import time\ntime.sleep(1.5)\nprint('done')\n"}, (("python3", "s.py"),), timeout=20)
+QUICK = Program({"w.py": "pass"}, (("python3", "w.py"),))
 
 
 @pytest.fixture
@@ -35,6 +36,13 @@ def proxy(tmp_path, monkeypatch):
     with DockerSocketProxy(tmp_path / "docker.sock") as p:
         monkeypatch.setenv("DOCKER_HOST", p.docker_host)
         yield p
+    # a pool closed while the engine was away cannot remove its containers: remove this process's own
+    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL}.owner-pid={os.getpid()}",
+                                "--filter", "status=exited"], capture_output=True, text=True, timeout=30,
+                               env={**os.environ, "DOCKER_HOST": ""}).stdout.split()
+    if leftovers:
+        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True, timeout=60,
+                       env={**os.environ, "DOCKER_HOST": ""})
 
 
 def containers_of(pool: DockerSandbox) -> list[str]:
@@ -57,7 +65,7 @@ def when_running(pool: DockerSandbox, action, delay: float = 0.7) -> threading.T
 
 def test_an_engine_outage_mid_run_costs_no_verdict(proxy):
     with DockerSandbox(workers=2, engine_wait=60) as pool:
-        pool.run(Program({"w.py": "pass"}, (("python3", "w.py"),)))  # workers up before the outage
+        pool.run(QUICK)  # workers up before the outage
         outage = threading.Thread(target=proxy.outage, args=(5.0,))
         with ThreadPoolExecutor(2) as runner:
             futures = [runner.submit(pool.run, SLOW) for _ in range(6)]
@@ -73,7 +81,7 @@ def test_an_engine_outage_mid_run_costs_no_verdict(proxy):
 
 def test_an_engine_that_stays_away_stops_the_run(proxy):
     with DockerSandbox(workers=1, engine_wait=2) as pool:
-        pool.run(Program({"w.py": "pass"}, (("python3", "w.py"),)))
+        pool.run(QUICK)
         threading.Timer(0.5, proxy.down).start()
         with pytest.raises(SandboxUnavailable, match="did not come back within 2 s"):
             pool.run(SLOW)
@@ -83,6 +91,7 @@ def test_an_engine_that_stays_away_stops_the_run(proxy):
 
 def test_a_worker_killed_from_outside_runs_its_program_again(proxy):
     with DockerSandbox(workers=1, engine_wait=30) as pool:
+        pool.run(QUICK)  # the worker is up: the kill lands while SLOW runs
         killer = when_running(pool, lambda ids: subprocess.run(["docker", "kill", *ids], capture_output=True))
         result = pool.run(SLOW)
         killer.join()
@@ -92,6 +101,7 @@ def test_a_worker_killed_from_outside_runs_its_program_again(proxy):
 
 def test_a_worker_paused_from_outside_runs_its_program_again(proxy):
     with DockerSandbox(workers=1, engine_wait=30) as pool:
+        pool.run(QUICK)
         pauser = when_running(pool, lambda ids: subprocess.run(["docker", "pause", *ids], capture_output=True))
         result = pool.run(SLOW)
         pauser.join()
@@ -137,7 +147,7 @@ def test_leftovers_of_a_dead_owner_are_removed_and_a_live_ones_kept(proxy):
 def test_workers_carry_their_owner_and_run(proxy):
     with DockerSandbox(workers=1) as pool:
         pool.label_run("run-123")
-        pool.run(Program({"w.py": "pass"}, (("python3", "w.py"),)))
+        pool.run(QUICK)
         (cid,) = containers_of(pool)
         labels = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .Config.Labels}}", cid],
                                            capture_output=True, text=True).stdout)
@@ -181,3 +191,22 @@ def test_a_run_whose_engine_stays_away_stops_with_the_resume_hint(proxy, tmp_pat
     samples = [json.loads(line) for line in (stopped.value.path / "samples.jsonl").open()] \
         if (stopped.value.path / "samples.jsonl").exists() else []
     assert all(s["verdict"] != "error" for s in samples) and len(samples) < 6
+
+
+def test_closing_the_pool_ends_the_programs_in_flight(proxy):
+    """An interrupted run closes its sandbox: a program still running ends then, it is not waited for."""
+    pool = DockerSandbox(workers=1)
+    pool.run(QUICK)
+    long = Program({"l.py": "import time\ntime.sleep(120)\n"}, (("python3", "l.py"),), timeout=150)
+    with ThreadPoolExecutor(1) as runner:
+        running = runner.submit(pool.run, long)
+        time.sleep(1.0)
+        pool.close()
+        with pytest.raises(SandboxError, match="closed"):
+            running.result(timeout=60)  # well before the program's own two minutes
+    assert not containers_of(pool)
+
+
+def test_a_program_with_an_end_signal_takes_no_stdin():
+    with pytest.raises(ValueError, match="no stdin"):
+        Program({"a.py": ""}, (("python3", "a.py"),), stdin="x", end_signal=True)

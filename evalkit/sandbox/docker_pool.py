@@ -142,15 +142,14 @@ class Engine:
             self._reset()
             return False
 
-    def wait(self, budget: float) -> bool:
-        """Poll until the engine answers, for at most `budget` seconds."""
+    def wait(self, budget: float, stop: threading.Event) -> bool:
+        """Poll until the engine answers, for at most `budget` seconds or until `stop` is set."""
         deadline = time.monotonic() + budget
         while True:
             if self.available():
                 return True
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or stop.wait(0.5):
                 return False
-            time.sleep(0.5)
 
     def state(self, name: str) -> dict | None:
         """The container's State (Status, Paused, OOMKilled, ExitCode...), or None when it no longer exists.
@@ -165,11 +164,18 @@ class Engine:
             self._reset()
             raise ConnectionError(str(e)) from e
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str) -> bool:
+        """Remove a container (running, paused or exited); False when the engine could not be asked."""
+        import docker
+
         try:
             self.client().containers.get(name).remove(force=True)
-        except Exception:
+        except docker.errors.NotFound:
             pass
+        except Exception:
+            self._reset()
+            return False
+        return True
 
     def remove_leftovers(self) -> int:
         """Remove labelled worker containers whose owner process is dead; return how many."""
@@ -280,16 +286,17 @@ class _Worker:
         except Exception:
             pass
 
-    def discard(self, engine: Engine) -> None:
-        """Remove the container (running, paused or exited) and reap its `docker run` client."""
+    def discard(self, engine: Engine) -> bool:
+        """Remove the container and reap its `docker run` client; False when the engine could not remove it."""
         self.close_input()
-        engine.remove(self.name)
+        removed = engine.remove(self.name)
         if self.proc is not None:
             try:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
             except Exception:
                 pass
+        return removed
 
 
 class DockerSandbox:
@@ -312,10 +319,11 @@ class DockerSandbox:
         self.leftovers_removed = self.engine.remove_leftovers()
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: set[_Worker] = set()
+        self._unremoved: set[str] = set()  # containers to remove once the engine answers again
         self._lock = threading.Lock()
         self._engine_lock = threading.Lock()
         self._started = 0
-        self._closed = False
+        self._closed = threading.Event()
         self.replaced = 0  # workers replaced because their program brought them down
         self.retried = 0  # programs run again because their worker was lost to an outside cause
 
@@ -345,19 +353,31 @@ class DockerSandbox:
             self._forget(worker)  # its `docker run` client ended while idle (an engine restart): start anew
 
     def _forget(self, worker: _Worker) -> None:
-        worker.discard(self.engine)
+        removed = worker.discard(self.engine)
         with self._lock:
             self._all.discard(worker)
             self._started -= 1
+            if not removed:
+                self._unremoved.add(worker.name)
+
+    def _remove_unremoved(self) -> None:
+        with self._lock:
+            names, self._unremoved = self._unremoved, set()
+        failed = {name for name in names if not self.engine.remove(name)}
+        with self._lock:
+            self._unremoved |= failed
 
     def _await_engine(self, why: str) -> None:
         with self._engine_lock:
-            if self.engine.available():
-                return
-            if not self.engine.wait(self.engine_wait):
+            if self._closed.is_set():
+                raise SandboxError("the sandbox was closed while waiting for the Docker engine")
+            if not self.engine.available() and not self.engine.wait(self.engine_wait, self._closed):
+                if self._closed.is_set():
+                    raise SandboxError("the sandbox was closed while waiting for the Docker engine")
                 raise SandboxUnavailable(
                     f"the Docker engine went away ({why}) and did not come back within {self.engine_wait:g} s; "
                     "no verdict was recorded for the samples in flight")
+        self._remove_unremoved()
 
     def _cause(self, worker: _Worker, why: str) -> str:
         """Why a worker was lost: "engine" (unreachable), "outside" (killed, paused or removed from outside),
@@ -375,7 +395,7 @@ class DockerSandbox:
     def run(self, program: Program) -> Execution:
         lost_to_outside = 0
         while True:
-            if self._closed:
+            if self._closed.is_set():
                 raise SandboxError("the sandbox is closed")
             try:
                 worker = self._acquire()
@@ -397,7 +417,7 @@ class DockerSandbox:
                         self._await_engine(e.why)
                 finally:
                     self._forget(worker)  # once the engine is back, so that its container is removed too
-                if self._closed:
+                if self._closed.is_set():
                     raise SandboxError("the sandbox was closed while a program ran") from None
                 if cause == "memory":
                     self._count_replaced()
@@ -426,14 +446,16 @@ class DockerSandbox:
 
     def close(self) -> None:
         """Remove every worker, busy ones included: a program still running ends now."""
-        self._closed = True
+        self._closed.set()
         with self._lock:
             workers = list(self._all)
             self._all.clear()
         for worker in workers:
             worker.close_input()
         for worker in workers:
-            worker.discard(self.engine)
+            if not worker.discard(self.engine):
+                self._unremoved.add(worker.name)
+        self._remove_unremoved()  # what an outage left behind; the next pool removes the rest once we are gone
 
     def __enter__(self) -> DockerSandbox:
         return self
