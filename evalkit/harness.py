@@ -62,8 +62,9 @@ class HarnessError(ValueError):
 # why: each Python task lists these among its DELIBERATE_DIFFERENCES.
 PYTHON_DIFFERENCES = {
     "type-defined-by-completion": "a value returned by the completion's functions whose type the completion "
-                                  "defined fails (an __eq__ that always says True passes the references' asserts); "
-                                  "the reference solutions return built-in values",
+                                  "defined (a class, a namedtuple, a subclass of a built-in) fails: an __eq__ "
+                                  "that always says True passes the references' asserts; the reference "
+                                  "solutions return built-in values",
     "introspection-refused": "tracing and profiling (sys.settrace, sys.setprofile; doctest.testmod calls it), "
                              "gc object enumeration, ctypes, files under /proc and replacing a function's "
                              "__code__ stop the program and fail the sample: they can skip tests "

@@ -57,6 +57,12 @@ DELIBERATE_DIFFERENCES = {
               "reference's",
 }
 
+# Canonical solutions that pass or fail by chance, here as in the reference, with the reason.
+NONDETERMINISTIC: dict[str, dict[str, str]] = {
+    "cpp": {}, "java": {}, "js": {}, "rust": {},
+    "go": {"Go/95": "it stops after the first two keys of a map, whose iteration order Go randomizes: with 'A' "
+                    "and 'B' first it answers true for {p, A, B} (about one run in three)"},
+}
 # Canonical solutions that fail here, by task id, with the reason (found by the reference self-check).
 KNOWN_BROKEN: dict[str, dict[str, str]] = {
     "cpp": {}, "java": {}, "go": {},
@@ -169,6 +175,7 @@ class HumanEvalX(Task):
             "reference_timeout_s": REFERENCE_TIMEOUT_S[self.lang] or "none (cargo test)",
             "reference_scorer": "CodeGeeX evaluate_humaneval_x",
             "known_broken_canonical": KNOWN_BROKEN[self.lang],
+            "nondeterministic_canonical": NONDETERMINISTIC[self.lang],
             "deliberate_differences": DELIBERATE_DIFFERENCES,
         }
 

@@ -41,6 +41,14 @@ def selected(lang: str) -> list[str]:
     return ids + [t for t in KNOWN_BROKEN[lang] if t not in ids]
 
 
+def test_known_broken_and_nondeterministic_problems_exist(docs):
+    from tasks.humaneval_x import NONDETERMINISTIC
+
+    for lang in LANGS:
+        assert set(KNOWN_BROKEN[lang]) | set(NONDETERMINISTIC[lang]) <= set(docs[lang])
+        assert not set(KNOWN_BROKEN[lang]) & set(NONDETERMINISTIC[lang])
+
+
 @pytest.mark.parametrize("lang", LANGS)
 def test_docs_and_requests(docs, tasks, lang):
     assert len(docs[lang]) == 164 and f"{PREFIX[lang]}/163" in docs[lang]
