@@ -51,9 +51,20 @@ def run(
     batch_size: Annotated[int | None, typer.Option(
         min=1, rich_help_panel=MODEL, help="Sequences the model decodes together (lm-eval's --batch_size); "
         "the backend's default when unset. Outputs do not depend on it.")] = None,
-    dtype: Annotated[str | None, typer.Option(rich_help_panel=MODEL,
-                                              help="float32 or bfloat16 (native models).")] = None,
-    device: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help="cpu or cuda (native models).")] = None,
+    dtype: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
+        "float32, bfloat16, float16 or auto (the checkpoint's). Default: the checkpoint's for native models; "
+        "float32 on CPU and bfloat16 on GPU for hf:."))] = None,
+    device: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
+        "cpu, cuda or cuda:N (native and hf: models; default cuda when there is one)."))] = None,
+    tokenizer: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
+        "Override the checkpoint's tokenizer (native and hf:): a Mistral version that mistral-common ships "
+        "(v1, v2, v3, v3-tekken, v7), a tokenizer file (tokenizer.model.v3, tekken.json), or a folder or hub "
+        "id (hf:)."))] = None,
+    revision: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
+        "Hub branch, tag or commit of an hf:ORG/NAME model."))] = None,
+    trust_remote_code: Annotated[bool, typer.Option(rich_help_panel=MODEL, help=(
+        "Let an hf: checkpoint run the model code it ships (off by default: that code runs on this machine)."
+    ))] = False,
     limit: Annotated[int | None, typer.Option(min=1, rich_help_panel=TASKS,
                                               help="Evaluate only the first N problems of each task.")] = None,
     prompt: Annotated[str | None, typer.Option(rich_help_panel=TASKS, help=(
@@ -123,7 +134,8 @@ def run(
             requests_per_call=requests_per_call, max_tokens=max_tokens, unsafe_local=unsafe_local_execution,
             sandbox_workers=sandbox_workers, prompt=parse_per_task(prompt), chat=chat,
             task_options=parse_task_options(task_option or []),
-            backend_options={"dtype": dtype, "device": device, "batch_size": batch_size},
+            backend_options={"dtype": dtype, "device": device, "batch_size": batch_size, "tokenizer": tokenizer,
+                             "revision": revision, "trust_remote_code": trust_remote_code or None},
         )
         path, results = run_evaluation(opts, progress=progress, log=lambda m: typer.echo(m, err=True))
     except RunInterrupted as e:

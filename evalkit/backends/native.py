@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from evalkit.backends.base import Backend, BackendError
+from evalkit.backends.mistral_tokenizers import native_tokenizer
 from evalkit.models import load_model, model_arch
 from evalkit.models.checkpoint import CheckpointError, config_hash, read_config
 from evalkit.models.generate import GenerationJob, generate_batch, score_continuations
@@ -61,7 +62,7 @@ class NativeBackend(Backend):
     """Generation and log-likelihood with an in-repo model and the real Mistral tokenizer."""
 
     name = "native"
-    options = frozenset({"dtype", "device", "batch_size"})
+    options = frozenset({"dtype", "device", "batch_size", "tokenizer"})
 
     def __init__(
         self,
@@ -83,9 +84,13 @@ class NativeBackend(Backend):
     @classmethod
     def from_spec(
         cls, spec: str, known_ids: dict[str, set[str]] | None = None, dtype: str | None = None,
-        device: str | None = None, batch_size: int = 8,
+        device: str | None = None, batch_size: int = 8, tokenizer: str | None = None,
     ) -> NativeBackend:
-        """Load a registry name (codestral-mamba, mistral-7b, ...) or a checkpoint directory."""
+        """Load a registry name (codestral-mamba, mistral-7b, ...) or a checkpoint directory.
+
+        The tokenizer is the Mistral one of the checkpoint's vocabulary size unless `tokenizer` names another
+        (`--tokenizer`: v1, v3, ..., a mistral-common tokenizer file or a folder with one).
+        """
         torch_dtype = parse_dtype(dtype)
         try:
             path = resolve_checkpoint(spec)
@@ -96,7 +101,11 @@ class NativeBackend(Backend):
                     f"{path}: {spec!r} should be a {entry[1].arch} checkpoint, found {arch}"
                 )
             _, config = read_config(path)
-            tokenizer = tokenizer_for_vocab(int(config["vocab_size"]))
+            vocab = int(config["vocab_size"])
+            tokenizer = tokenizer_for_vocab(vocab) if tokenizer is None else native_tokenizer(tokenizer)
+            if tokenizer.vocab_size > vocab:
+                raise BackendError(f"the tokenizer {tokenizer.version} has {tokenizer.vocab_size} tokens, more "
+                                   f"than the {vocab} embeddings of {path}")
             model = load_model(path, torch_dtype, device)
         except (CheckpointError, KeyError, ValueError) as e:
             raise BackendError(str(e)) from e
