@@ -111,9 +111,9 @@ def test_mistral_tokenizer_folder_loads_with_autotokenizer(checkpoints, backends
     assert isinstance(tok, MistralCommonBackend)
     assert tok.encode("def fib(n):") == [1, 1569, 16950, 29500, 29479, 2097]  # the native v3 ids, BOS first
     info = backends["mistral"].describe()
-    assert info["architecture"] == "MistralForCausalLM" and info["dtype"] == "float32" and info["device"] == "cpu"
+    assert info["arch"] == "mistral" and info["dtype"] == "float32" and info["device"] == "cpu"
     assert info["special_tokens_added"] == ["<s>"] and info["eos_token_ids"] == [2]
-    assert info["trust_remote_code"] is False and info["commit"] is None
+    assert info["trust_remote_code"] is False and info["model"] == str(checkpoints["mistral"])
     assert "MistralCommonBackend" in info["tokenizer"]
     json.dumps(info)  # recorded in results.json
 
@@ -153,10 +153,12 @@ def test_hub_id_resolves_through_the_local_cache(checkpoints, tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     commit = write_hub_cache(tmp_path, "tiny-org/tiny-mamba", checkpoints["mamba2"])
-    path, got = resolve_hf_checkpoint("tiny-org/tiny-mamba")
-    assert got == commit and path.name == commit and (path / "config.json").is_file()
+    path = resolve_hf_checkpoint("tiny-org/tiny-mamba")
+    assert path.name == commit and (path / "config.json").is_file()
     backend = resolve_backend("hf:tiny-org/tiny-mamba", dtype="float32", device="cpu")
-    assert backend.describe()["commit"] == commit
+    assert backend.describe()["model"] == "tiny-org/tiny-mamba" and Path(backend.describe()["path"]).name == commit
+    pinned = resolve_backend("hf:tiny-org/tiny-mamba", revision=commit, dtype="float32", device="cpu")
+    assert pinned.describe()["model"] == f"tiny-org/tiny-mamba@{commit}"
     with pytest.raises(BackendError, match="--revision v2"):
         resolve_hf_checkpoint("tiny-org/tiny-mamba", revision="v2")  # not cached
 
@@ -414,8 +416,8 @@ def test_evalkit_run_humaneval_with_a_hub_id(checkpoints, tmp_path, sandbox):
     run_dir = next((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
     backend = results["config"]["backend"]
-    assert (backend["name"], backend["commit"], backend["dtype"]) == ("hf", commit, "float32")
-    assert backend["architecture"] == "MistralForCausalLM" and backend["batch_size"] == 2
+    assert (backend["name"], Path(backend["path"]).name, backend["dtype"]) == ("hf", commit, "float32")
+    assert backend["arch"] == "mistral" and backend["batch_size"] == 2
     assert results["tasks"]["humaneval"]["n"] == 2
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2

@@ -60,17 +60,14 @@ def _missing_message(repo: str, revision: str | None, reason: str) -> str:
     )
 
 
-def resolve_hf_checkpoint(target: str, revision: str | None = None) -> tuple[Path, str | None]:
-    """A local folder for `target` and the hub commit it came from (None for a folder given as a path).
-
-    A folder is used as it is; a hub id resolves through the local cache, and is downloaded only when the
-    hub may be reached (HF_HUB_OFFLINE unset).
-    """
+def resolve_hf_checkpoint(target: str, revision: str | None = None) -> Path:
+    """A local folder for `target`: a folder as it is; a hub id's snapshot in the local cache (named by its
+    commit), downloaded first only when the hub may be reached (HF_HUB_OFFLINE unset)."""
     path = Path(target).expanduser()
     if path.is_dir():
         if revision is not None:
             raise BackendError(f"--revision applies to hub ids; {target} is a local folder")
-        return path, None
+        return path
     if not target or target.startswith((".", "/", "~")) or target.count("/") != 1:
         raise BackendError(f"hf:{target}: no such checkpoint folder, and not a hub id (ORGANISATION/NAME)")
     from huggingface_hub import snapshot_download
@@ -84,11 +81,10 @@ def resolve_hf_checkpoint(target: str, revision: str | None = None) -> tuple[Pat
             snapshot = Path(snapshot_download(target, revision=revision, allow_patterns=HUB_FILES))
         except Exception as e2:  # network, authentication, gating or a missing revision: one remedy
             raise BackendError(_missing_message(target, revision, f"{type(e2).__name__}: {e2}")) from e2
-    return snapshot, snapshot.name
+    return snapshot
 
 
-def load_tokenizer(name: str | os.PathLike, revision: str | None = None,
-                   trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, str]:
+def load_tokenizer(name: str | os.PathLike, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, str]:
     """A tokenizer and where it came from, for a checkpoint folder or for `--tokenizer NAME_OR_DIR`.
 
     A mistral-common tokenizer (a name such as v3, or a file such as tokenizer.model.v3 or tekken.json) is
@@ -102,7 +98,7 @@ def load_tokenizer(name: str | os.PathLike, revision: str | None = None,
             return MistralCommonBackend(tokenizer_path=file), f"mistral-common {file.name}"
         folder = Path(name).expanduser()
         if not folder.is_dir():
-            folder, _ = resolve_hf_checkpoint(str(name), revision)
+            folder = resolve_hf_checkpoint(str(name))
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except BackendError:
         raise
@@ -159,7 +155,6 @@ class HFBackend(Backend):
         *,
         spec: str,
         path: Path,
-        commit: str | None = None,
         revision: str | None = None,
         tokenizer_source: str = "the checkpoint's",
         trust_remote_code: bool = False,
@@ -169,7 +164,6 @@ class HFBackend(Backend):
         self.tokenizer = tokenizer
         self.spec = spec
         self.path = path
-        self.commit = commit
         self.revision = revision
         self.tokenizer_source = tokenizer_source
         self.trust_remote_code = trust_remote_code
@@ -197,9 +191,8 @@ class HFBackend(Backend):
         # float32 on CPU (bfloat16 matmuls are slow there and round differently); bfloat16 on accelerators.
         torch_dtype = "auto" if dtype is not None and dtype.lower() == "auto" else parse_dtype(dtype) or (
             torch.float32 if device == "cpu" else torch.bfloat16)
-        path, commit = resolve_hf_checkpoint(target, revision)
-        tok, source = load_tokenizer(tokenizer if tokenizer is not None else path, revision,
-                                     trust_remote_code)
+        path = resolve_hf_checkpoint(target, revision)
+        tok, source = load_tokenizer(tokenizer if tokenizer is not None else path, trust_remote_code)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=device,
                                                          trust_remote_code=trust_remote_code)
@@ -212,7 +205,7 @@ class HFBackend(Backend):
         if len(tok) > n_embeddings:
             raise BackendError(f"the tokenizer ({source}) has {len(tok)} tokens, more than the {n_embeddings} "
                                f"embeddings of hf:{target}; pass the checkpoint's own tokenizer")
-        return cls(model, tok, spec=target, path=path, commit=commit, revision=revision,
+        return cls(model, tok, spec=target, path=path, revision=revision,
                    tokenizer_source="the checkpoint's" if tokenizer is None else source,
                    trust_remote_code=trust_remote_code, batch_size=batch_size)
 
@@ -434,28 +427,28 @@ class HFBackend(Backend):
         return [prefix]
 
     def describe(self) -> dict:
+        """Identity first (the keys evalkit.experiment treats as which model ran), then how it ran.
+
+        A hub model is `ORG/NAME@REVISION` when a revision was asked for; its path is the cache snapshot,
+        whose folder name is the commit.
+        """
         weight = next(self.model.parameters())
         config_file = self.path / "config.json"
-        added = self.tokenizer.convert_ids_to_tokens(self.encode(""))
         return {
             "name": self.name,
-            "model": self.spec,
+            "model": f"{self.spec}@{self.revision}" if self.revision else self.spec,
             "path": str(self.path),
-            "commit": self.commit,
-            "revision": self.revision,
-            "architecture": type(self.model).__name__,
-            "config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest()[:16]
-            if config_file.is_file() else None,
+            "arch": self.model.config.model_type,
+            "config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest()[:16],
+            "tokenizer": f"{self.tokenizer_source} ({type(self.tokenizer).__name__}, {len(self.tokenizer)} tokens)",
             "dtype": str(weight.dtype).removeprefix("torch."),
             "device": str(weight.device),
             "attn_implementation": self.model.config._attn_implementation,
             "trust_remote_code": self.trust_remote_code,
-            "tokenizer": f"{self.tokenizer_source} ({type(self.tokenizer).__name__}, {len(self.tokenizer)} tokens)",
-            "special_tokens_added": added,
+            "special_tokens_added": self.tokenizer.convert_ids_to_tokens(self.encode("")),
             "eos_token_ids": sorted(self.eos_ids),
             "batch_size": self.batch_size,
             "batching": "exact: prompts prefilled alone, decoding steps batched",
-            "transformers": transformers.__version__,
         }
 
     def close(self) -> None:
