@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from evalkit.errors import TaskError
 from evalkit.requests import ChatMessage, GenerationRequest
 
 # Markdown info strings and language names, by evalkit language key.
@@ -132,7 +133,7 @@ def last_defined(code_prompt: str, lang: str) -> str:
     names = [next(g for g in m.groups() if g) for m in pattern.finditer(code_prompt)]
     names = [n for n in names if n not in _KEYWORDS]
     if not names:
-        raise ValueError(f"no {LANGUAGE_NAMES[lang]} function declaration in the prompt")
+        raise TaskError(f"no {LANGUAGE_NAMES[lang]} function declaration in the prompt:\n{code_prompt[-300:]}")
     return names[-1]
 
 
