@@ -27,6 +27,8 @@ import torch
 from evalkit.backends.base import Backend, BackendError
 from evalkit.backends.mistral_tokenizers import mistral_tokenizer_file
 from evalkit.backends.native import parse_dtype
+from evalkit.chat import ChatFormat, hf_chat_format
+from evalkit.errors import ChatFormatError
 from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores, sample_seed
 from evalkit.sanitize import truncate_at_stop
 
@@ -178,7 +180,7 @@ class HFBackend(Backend):
         if tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
-        self._chat_format = None
+        self._chat_format: ChatFormat | None = None
 
     @classmethod
     def from_spec(
@@ -232,11 +234,21 @@ class HFBackend(Backend):
                 return full[len(head) :]
         return full[len(os.path.commonprefix([head, full])) :]
 
+    def chat_format(self) -> ChatFormat:
+        """The checkpoint's chat template (mistral-common's encoding for a MistralCommonBackend tokenizer);
+        a ChatFormatError when the tokenizer has none."""
+        if self._chat_format is None:
+            source = f"hf:{self.spec}" if self.tokenizer_source == "the checkpoint's" else self.tokenizer_source
+            self._chat_format = hf_chat_format(self.tokenizer, source)
+        return self._chat_format
+
     def _prompt(self, request: GenerationRequest) -> tuple[list[int], dict]:
-        """The ids fed for a request, and what to record about them."""
+        """The ids fed for a request, and what to record about them. A chat request is rendered by the chat
+        format, response prefix included, so the completion is what follows the prefix."""
         if not request.chat:
             return self.encode(request.prompt), {}
-        raise BackendError("chat prompts need evalkit.chat (the chat formats), which this build lacks")
+        rendered = self.chat_format().render(request.messages, request.response_prefix)
+        return list(rendered.ids), rendered.record()
 
     # ------------------------------------------------------------------------------------------ model
 
@@ -449,7 +461,14 @@ class HFBackend(Backend):
             "eos_token_ids": sorted(self.eos_ids),
             "batch_size": self.batch_size,
             "batching": "exact: prompts prefilled alone, decoding steps batched",
+            "chat_format": self._describe_chat_format(),
         }
+
+    def _describe_chat_format(self) -> dict | None:
+        try:
+            return self.chat_format().describe()
+        except ChatFormatError:  # no chat template: only --chat needs one, and it says so
+            return None
 
     def close(self) -> None:
         on_cuda = next(self.model.parameters()).is_cuda
