@@ -62,7 +62,7 @@ def run(
         "id (hf:)."))] = None,
     revision: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
         "Hub branch, tag or commit of an hf:ORG/NAME model."))] = None,
-    trust_remote_code: Annotated[bool, typer.Option(rich_help_panel=MODEL, help=(
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", rich_help_panel=MODEL, help=(
         "Let an hf: checkpoint run the model code it ships (off by default: that code runs on this machine)."
     ))] = False,
     limit: Annotated[int | None, typer.Option(min=1, rich_help_panel=TASKS,

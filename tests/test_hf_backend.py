@@ -26,7 +26,7 @@ from hf_checkpoints import WINDOW  # noqa: E402
 from evalkit.backends import BackendError, backend_class, hf_cache, resolve_backend  # noqa: E402
 from evalkit.backends.hf import HFBackend, resolve_hf_checkpoint  # noqa: E402
 from evalkit.backends.native import NativeBackend  # noqa: E402
-from evalkit.requests import GenerationRequest, LoglikelihoodRequest, SamplingParams  # noqa: E402
+from evalkit.requests import ChatMessage, GenerationRequest, LoglikelihoodRequest, SamplingParams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -236,6 +236,9 @@ def test_tokenizer_option(checkpoints, tmp_path):
     native = resolve_backend(str(mamba), tokenizer=str(mamba), dtype="float32", device="cpu")
     assert native.tokenizer.encode("def fib(n):") == [1, 1569, 16950, 29500, 29479, 2097]
     assert native.describe()["tokenizer"].startswith("mistral-common mistral_instruct_tokenizer_240323.model.v3")
+    default = resolve_backend(str(mamba), dtype="float32", device="cpu")
+    [got], [want] = (b.generate(chat_requests(4)[:1], SamplingParams()) for b in (native, default))
+    assert got[0].info["prompt_ids_sha256"] == want[0].info["prompt_ids_sha256"]  # the file's instruct encoding
     assert resolve_backend(str(mamba), tokenizer="v1", device="cpu").tokenizer.vocab_size == 32000
     with pytest.raises(BackendError, match="not a Mistral tokenizer"):
         resolve_backend(str(mamba), tokenizer=str(tmp_path), device="cpu")
@@ -348,12 +351,63 @@ def test_zero_max_tokens(backends):
     assert (c.text, c.finish_reason, c.info["completion_tokens"]) == ("", "length", 0)
 
 
-def test_chat_requests_are_refused_until_chat_formats_exist(backends):
-    from evalkit.requests import ChatMessage
+CHAT = (ChatMessage("system", "Answer with code only."), ChatMessage("user", "Write add(a, b)."),
+        ChatMessage("assistant", "def add(a, b):\n    return a + b"), ChatMessage("user", "Write mul(a, b)."))
+PREFIX = "```python\n"
 
-    request = GenerationRequest("c", "hi", messages=(ChatMessage("user", "hi"),))
-    with pytest.raises(BackendError, match="chat"):
-        backends["mistral"].generate([request], SamplingParams())
+
+def chat_requests(max_tokens: int = 24) -> list[GenerationRequest]:
+    return [GenerationRequest("chat/0", "(rendered by the backend)", messages=CHAT, response_prefix=PREFIX,
+                              max_tokens=max_tokens),
+            GenerationRequest("chat/1", "(rendered by the backend)", messages=CHAT[1:2], max_tokens=max_tokens)]
+
+
+@pytest.mark.parametrize("arch", ["mamba2", "mistral"])
+def test_chat_completions_equal_the_native_backend(arch, checkpoints, backends):
+    """A mistral-common tokenizer renders chat with mistral-common's instruct encoding on both backends."""
+    native = NativeBackend.from_spec(str(checkpoints[arch]), dtype="float32", device="cpu")
+    got = backends[arch].generate(chat_requests(), SamplingParams())
+    want = native.generate(chat_requests(), SamplingParams())
+    assert texts(got) == texts(want)
+    for g, w in zip(got, want, strict=True):
+        for key in ("prompt_tokens", "prompt_ids_sha256", "rendered_prompt", "completion_tokens"):
+            assert g[0].info[key] == w[0].info[key]
+    assert "[INST]" in got[0][0].info["rendered_prompt"]
+    assert backends[arch].describe()["chat_format"] == native.describe()["chat_format"]
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}<|end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def test_chat_prompts_use_the_checkpoint_chat_template(checkpoints, tmp_path):
+    from transformers import AutoTokenizer
+
+    ckpt = shutil.copytree(checkpoints["gpt2"], tmp_path / "chat")
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(ckpt)
+    backend = HFBackend.from_spec(str(ckpt), dtype="float32", device="cpu")
+    [with_prefix], [plain] = backend.generate(chat_requests(), SamplingParams())
+    rendered = with_prefix.info["rendered_prompt"]
+    assert rendered.startswith("<|system|>\nAnswer with code only.<|end|>\n<|user|>\nWrite add(a, b).")
+    assert rendered.endswith("<|user|>\nWrite mul(a, b).<|end|>\n<|assistant|>\n```python\n")
+    assert plain.info["rendered_prompt"] == "<|user|>\nWrite add(a, b).<|end|>\n<|assistant|>\n"
+    for completion in (with_prefix, plain):
+        ids = tok.encode(completion.info["rendered_prompt"], add_special_tokens=False)
+        assert completion.info["prompt_tokens"] == len(ids)
+        with torch.no_grad():
+            out = backend.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                                         pad_token_id=tok.eos_token_id)[0, len(ids) :].tolist()
+        new = out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+        assert completion.text == decode_after(tok, ids, new)  # what follows the response prefix
+    assert backend.describe()["chat_format"]["template_sha256"]
+
+
+def test_chat_without_a_chat_template_is_a_clear_error(backends):
+    assert backends["llama"].describe()["chat_format"] is None
+    with pytest.raises(BackendError, match="has no chat template"):
+        backends["llama"].generate(chat_requests(), SamplingParams())
 
 
 # ------------------------------------------------------------------------------------------------ log-likelihood
