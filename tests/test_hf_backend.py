@@ -346,6 +346,20 @@ def test_stop_sequences_end_only_their_row(backends):
     assert uncut.text == full.text and uncut.finish_reason == "length" and uncut.info["completion_tokens"] == 30
 
 
+def test_generation_stops_at_the_models_context(backends):
+    """GPT-2's learned positions end at n_positions (256 here): the completion is cut there, and says so."""
+    backend = backends["gpt2"]
+    prompt = "x = 1\n" * 50
+    n = len(backend.encode(prompt))
+    assert 240 < n < 256
+    [[cut]], [[over]] = (backend.generate([GenerationRequest("long", p, max_tokens=30)], SamplingParams())
+                         for p in (prompt, prompt * 2))
+    assert cut.info["completion_tokens"] <= 256 - n and cut.info["context_limit"] == 256
+    assert (over.text, over.info["completion_tokens"], over.info["context_limit"]) == ("", 0, 256)
+    with pytest.raises(BackendError, match="exceed the model's 256 positions"):
+        backend.loglikelihood([LoglikelihoodRequest("long", prompt, (" y" * 20,))])
+
+
 def test_zero_max_tokens(backends):
     [[c]] = backends["gpt2"].generate([GenerationRequest("z", "x", max_tokens=0)], SamplingParams())
     assert (c.text, c.finish_reason, c.info["completion_tokens"]) == ("", "length", 0)
@@ -455,14 +469,16 @@ def test_loglikelihoods_equal_a_plain_forward(arch, backends):
 
 
 @pytest.mark.docker
-def test_evalkit_run_humaneval_with_a_hub_id(checkpoints, tmp_path, sandbox):
-    """`evalkit run --model hf:ORG/NAME --tasks humaneval --limit 2` from the hub cache, judged by the sandbox."""
+@pytest.mark.parametrize("mode", ["--no-chat", "--chat"])
+def test_evalkit_run_humaneval_with_a_hub_id(mode, checkpoints, tmp_path, sandbox):
+    """`evalkit run --model hf:ORG/NAME --tasks humaneval --limit 2` from the hub cache, judged by the sandbox;
+    with --chat the prompts go through the checkpoint's chat format (here mistral-common's v3 encoding)."""
     commit = write_hub_cache(tmp_path / "hub", "tiny-org/tiny-mistral", checkpoints["mistral"])
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "evalkit.cli", "run", "--model", "hf:tiny-org/tiny-mistral", "--tasks", "humaneval",
-         "--limit", "2", "--max-tokens", "24", "--dtype", "float32", "--device", "cpu", "--batch-size", "2",
+         "--limit", "2", "--max-tokens", "24", "--dtype", "float32", "--device", "cpu", "--batch-size", "2", mode,
          "--output-path", str(tmp_path / "runs"), "--no-progress"],
         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
     )
@@ -472,8 +488,12 @@ def test_evalkit_run_humaneval_with_a_hub_id(checkpoints, tmp_path, sandbox):
     backend = results["config"]["backend"]
     assert (backend["name"], Path(backend["path"]).name, backend["dtype"]) == ("hf", commit, "float32")
     assert backend["arch"] == "mistral" and backend["batch_size"] == 2
+    assert backend["chat_format"]["format"] == "mistral-common v3"
     assert results["tasks"]["humaneval"]["n"] == 2
+    assert results["config"]["tasks"]["humaneval"]["options"]["chat"] is (mode == "--chat")
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2
     assert all(s["verdict"] in ("passed", "failed", "timeout") for s in samples)  # judged, not an error
     assert all(s["completion"] for s in samples)
+    rendered = [s["generation"].get("rendered_prompt", "") for s in samples]
+    assert all(r.startswith("<s>[INST]") for r in rendered) if mode == "--chat" else not any(rendered)

@@ -180,6 +180,8 @@ class HFBackend(Backend):
         if tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
+        # The context the model declares; learned position tables (GPT-2) fail beyond it.
+        self.max_length: int | None = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         self._chat_format: ChatFormat | None = None
 
     @classmethod
@@ -375,7 +377,7 @@ class HFBackend(Backend):
         greedy = sampling.temperature <= 0.0
         prompts = [self._prompt(r) for r in requests]
         jobs = [
-            _Job(prompt_ids=ids, max_new_tokens=r.max_tokens, stop=tuple(r.stop),
+            _Job(prompt_ids=ids, max_new_tokens=self._room(len(ids), r.max_tokens), stop=tuple(r.stop),
                  # Greedy samples are all the same sequence: generate it once and repeat it.
                  seeds=[sample_seed(sampling.seed, r.task_id, i)
                         for i in (r.sample_indices[:1] if greedy else r.sample_indices)])
@@ -386,6 +388,8 @@ class HFBackend(Backend):
                                                     self._generate(jobs, sampling.temperature, sampling.top_p),
                                                     strict=True):
             texts = []
+            if job.max_new_tokens < request.max_tokens:  # recorded: the model's context ended the completion
+                info = {**info, "context_limit": self.max_length}
             for row in samples:
                 text = row.text if job.stop and row.ids else self.decode_continuation(job.prompt_ids, row.ids)
                 texts.append(Completion(truncate_at_stop(text, request.stop), finish_reason=row.finish,
@@ -393,6 +397,12 @@ class HFBackend(Backend):
                                               "completion_tokens": len(row.ids)}))
             out.append(texts * len(request.sample_indices) if greedy else texts)
         return out
+
+    def _room(self, prompt_tokens: int, max_tokens: int) -> int:
+        """New tokens that fit in the model's declared context (max_position_embeddings) after the prompt."""
+        if self.max_length is None:
+            return max_tokens
+        return max(min(max_tokens, self.max_length - prompt_tokens), 0)
 
     @torch.inference_mode()
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
@@ -409,6 +419,9 @@ class HFBackend(Backend):
             if scored:
                 sequences = [self._with_prefix(pairs[i][0]) + pairs[i][1] for i in scored]
                 width = max(map(len, sequences))
+                if self.max_length is not None and width > self.max_length:
+                    raise BackendError(f"hf:{self.spec}: a context and continuation of {width} tokens exceed the "
+                                       f"model's {self.max_length} positions (task {request.task_id})")
                 ids = torch.zeros(len(sequences), width, dtype=torch.long)
                 for row, seq in enumerate(sequences):
                     ids[row, : len(seq)] = torch.tensor(seq)
