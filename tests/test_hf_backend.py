@@ -205,6 +205,15 @@ def test_continuation_keeps_the_leading_space_of_its_indentation(arch, backends)
     assert backend.decode_continuation(long_prompt, long_whole[len(long_prompt) :]) == "    return x + 1\n"
 
 
+def test_a_character_split_across_prompt_and_completion(backends):
+    """Byte-level BPE: a prompt whose last token is half of "é" (ids made by hand, never by encoding text);
+    the completion holds the character the new token completes."""
+    backend = backends["gpt2"]
+    ids = backend.encode("café")
+    assert backend.decode(ids[:-1]).endswith("\ufffd")  # the prompt's text ends in half a character
+    assert backend.decode_continuation(ids[:-1], ids[-1:]) == "é"
+
+
 def test_generated_indentation_survives_end_to_end(tmp_path):
     """A bigram Llama that, after "def f(x):\\n", says the tokens of "    return x + 1" and then EOS."""
     ckpt = tmp_path / "bigram"

@@ -2,9 +2,10 @@
 
 Generation is exact: each prompt is prefilled alone (no padding goes through the model), its cache is
 forked for its samples, and only the decoding steps are batched, rows joining as others finish (see
-evalkit/backends/hf_cache.py for how rows of different lengths share a cache). A row's tokens therefore do
-not depend on the batch size or on its neighbours. Sampling draws each sample from its own generator seeded
-with `sample_seed`, as the native backend does.
+evalkit/backends/hf_cache.py for how rows of different lengths share a cache). What a row computes is
+therefore what it computes alone, up to the rounding of matrix products of other shapes (~1e-6 in float32
+logits). Sampling draws each sample from its own generator seeded with `sample_seed`, as the native backend
+does, so samples do not depend on the batch size or on their neighbours.
 
 Completions are decoded by decoding prompt plus new tokens and cutting the prompt's text off: decoding the
 new tokens alone drops the leading space of a SentencePiece piece ("    return" would lose one space of its
