@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -58,8 +57,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 __all__ = ["EvalkitLM", "LmEvalError", "score_tokens"]
-
-log = logging.getLogger(__name__)
 
 # lm-eval's own defaults (HFLM): 2048 tokens of context per rolling window, 256 new tokens per generation.
 DEFAULT_MAX_LENGTH = 2048
@@ -128,7 +125,7 @@ def _positive_int(name: str, value: Any) -> int:
     except (TypeError, ValueError):
         number = 0
     if number < 1:
-        raise LmEvalError(f"{name} must be a positive integer or 'auto', got {value!r}")
+        raise LmEvalError(f"{name} must be a positive integer, got {value!r}")
     return number
 
 
@@ -330,6 +327,17 @@ class EvalkitLM(LM):
                     progress.update(len(where))
         progress.close()
         return results  # type: ignore[return-value]  # every position belongs to one prompt's samples
+
+    # --- chat ------------------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer_name(self) -> str:
+        """Names the prompt format in lm-eval's request-cache keys."""
+        return f"evalkit:{self.spec}"
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        raise LmEvalError("--apply_chat_template is not supported by the evalkit model yet: its prompts are rendered "
+                          "as plain text, without a chat format")
 
     # --- records --------------------------------------------------------------------------------------------
 

@@ -274,6 +274,14 @@ def test_generation_settings_reach_the_backend():
     lm.generate_until([Instance("generate_until", {}, ("x", {"top_k": 0, "num_beams": 1}), 0)])  # no-op values
 
 
+def test_chat_templates_are_refused_with_a_clear_error(task_manager):
+    backend = Recorder()
+    with pytest.raises(LmEvalError, match="--apply_chat_template is not supported"):
+        lm_eval.simple_evaluate(model=EvalkitLM(model=backend), tasks=["evalkit_gen"], task_manager=task_manager,
+                                apply_chat_template=True, limit=1)
+    assert backend.calls == []  # refused before any prompt reached the model
+
+
 def test_mmlu_through_the_bridge_equals_evalkit_scoring(bridge, data_dir, tmp_path):
     """lm-eval's own mmlu_<subject> task, on evalkit's MMLU docs, gives the log-likelihoods that evalkit's mmlu
     task gets from the native backend for the same prompts."""
