@@ -170,9 +170,9 @@ def bridge(mistral_ckpt) -> EvalkitLM:
 
 def test_repeats_draw_evalkit_per_sample_seeds(bridge, task_manager):
     ours = lm_eval.simple_evaluate(model=bridge, task_manager=task_manager, log_samples=True,
-                                   tasks=["evalkit_gen_sampled"])
+                                   tasks=["evalkit_gen_sampled"], limit=2)
     samples = by_doc(ours["samples"]["evalkit_gen_sampled"])
-    assert sorted(samples) == list(range(4))
+    assert sorted(samples) == [0, 1]
     for sample in samples.values():
         drawn = sample["resps"][0]
         assert len(drawn) == 3 and len(set(drawn)) == 3, drawn  # three repeats, three different samples
