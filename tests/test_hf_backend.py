@@ -126,6 +126,8 @@ def test_options_are_declared_and_checked(checkpoints):
         resolve_backend(f"hf:{checkpoints['mamba2']}", revision="main")
     with pytest.raises(BackendError, match="unknown dtype"):
         resolve_backend(f"hf:{checkpoints['mamba2']}", dtype="float8")
+    with pytest.raises(BackendError, match="true or false"):  # e.g. "False" from a config file: never trusted
+        resolve_backend(f"hf:{checkpoints['mamba2']}", trust_remote_code="False")
 
 
 def test_missing_folder_or_hub_id_is_a_clear_error(tmp_path, monkeypatch):

@@ -192,6 +192,8 @@ class HFBackend(Backend):
         trust_remote_code: bool = False, tokenizer: str | None = None,
     ) -> HFBackend:
         """Load `hf:FOLDER` or `hf:ORG/NAME` (hub cache, then the hub unless offline)."""
+        if not isinstance(trust_remote_code, bool):  # a string "False" would be true: refuse, never guess
+            raise BackendError(f"trust_remote_code must be true or false, got {trust_remote_code!r}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # float32 on CPU (bfloat16 matmuls are slow there and round differently); bfloat16 on accelerators.
         torch_dtype = "auto" if dtype is not None and dtype.lower() == "auto" else parse_dtype(dtype) or (
