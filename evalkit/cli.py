@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +55,20 @@ def run(
     dtype: Annotated[str | None, typer.Option(rich_help_panel=MODEL,
                                               help="float32 or bfloat16 (native models).")] = None,
     device: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help="cpu or cuda (native models).")] = None,
+    served_model: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
+        "openai: the model name to send; needed only when the server's /v1/models lists several."))] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL, help=(
+        "openai: requests in flight at once (default 8). Raise --requests-per-call with it: no more requests "
+        "than the problems of one call (times their samples) are in flight."))] = None,
+    request_timeout: Annotated[float | None, typer.Option(min=0.001, rich_help_panel=MODEL, help=(
+        "openai: seconds one request may take (default 60 + 0.25 per max_tokens)."))] = None,
+    max_retries: Annotated[int | None, typer.Option(min=0, rich_help_panel=MODEL, help=(
+        "openai: retries of a request after connection errors, timeouts, 408, 409, 429 and 5xx, with "
+        "exponential backoff and jitter, honouring Retry-After (default 6); a request that still fails is an "
+        "`error` sample, done again by --resume."))] = None,
+    n_per_request: Annotated[bool, typer.Option(rich_help_panel=MODEL, help=(
+        "openai: ask for a problem's samples with `n` in one request instead of one request per sample "
+        "(faster; the samples are then seeded together, not one by one)."))] = False,
     limit: Annotated[int | None, typer.Option(min=1, rich_help_panel=TASKS,
                                               help="Evaluate only the first N problems of each task.")] = None,
     prompt: Annotated[str | None, typer.Option(rich_help_panel=TASKS, help=(
@@ -123,7 +138,9 @@ def run(
             requests_per_call=requests_per_call, max_tokens=max_tokens, unsafe_local=unsafe_local_execution,
             sandbox_workers=sandbox_workers, prompt=parse_per_task(prompt), chat=chat,
             task_options=parse_task_options(task_option or []),
-            backend_options={"dtype": dtype, "device": device, "batch_size": batch_size},
+            backend_options={"dtype": dtype, "device": device, "batch_size": batch_size, "served_model": served_model,
+                             "concurrency": concurrency, "request_timeout": request_timeout,
+                             "max_retries": max_retries, "n_per_request": n_per_request or None},
         )
         path, results = run_evaluation(opts, progress=progress, log=lambda m: typer.echo(m, err=True))
     except RunInterrupted as e:
@@ -184,6 +201,57 @@ def format_results(results: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+@app.command("serve")
+def serve_command(
+    model: Annotated[str, typer.Option(help=(
+        "A model name (codestral-mamba, mistral-7b, mathstral, ...) or checkpoint folder; or `reference` / "
+        "`replay:FILE.jsonl`, which answer the prompts of --tasks."), show_default=False)],
+    tasks: Annotated[str, typer.Option(help=(
+        "reference and replay: the tasks whose prompts (completion and chat form) they answer."))] = "",
+    host: Annotated[str, typer.Option(help=(
+        "Address to listen on. Anything but loopback exposes the model to the network."))] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="EVALKIT_SERVE_API_KEY", help=(
+        "Require `Authorization: Bearer KEY` on every request (401 otherwise)."))] = None,
+    served_model_name: Annotated[str | None, typer.Option(help=(
+        "The model id clients send and /v1/models lists (default: --model)."))] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=(
+        "Sequences the native model decodes together; concurrent requests share the batch."))] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 or bfloat16 (native models).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (native models).")] = None,
+    seed: Annotated[int, typer.Option(help=(
+        "replay: the clients' run seed (evalkit run --seed), which maps a request's seed to its sample."))] = 1234,
+    prompt: Annotated[str | None, typer.Option(help="reference and replay: the tasks' prompt variant(s).")] = None,
+    task_option: Annotated[list[str] | None, typer.Option(help="reference and replay: task settings, as in run.")]
+    = None,
+    data_dir: Annotated[str | None, typer.Option(help="reference and replay: local benchmark mirror.")] = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models,
+    /tokenize), for `evalkit run --model openai:URL` or any other client. Needs `pip install evalkit[serve]`."""
+    from evalkit.data import DataConfig
+
+    try:
+        from evalkit.serve import build_engine, is_loopback, serve
+    except ImportError as e:
+        fail(f"evalkit serve needs fastapi and uvicorn: pip install 'evalkit[serve]' ({e})")
+    if not is_loopback(host) and not api_key:
+        typer.secho(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the "
+                    "model (there is no authentication)", fg=typer.colors.YELLOW, err=True)
+    try:
+        engine = build_engine(
+            model, comma_list(tasks), DataConfig.from_options(data_dir), parse_per_task(prompt),
+            parse_task_options(task_option or []),
+            {"dtype": dtype, "device": device, "batch_size": batch_size}, served_model_name, seed)
+
+        def ready(url: str) -> None:
+            typer.echo(f"serving {engine.name} at {url}  (evalkit run --model openai:{url} ...)")
+            sys.stdout.flush()
+
+        serve(engine, host, port, api_key, ready)
+    except EvalkitError as e:
+        fail(str(e))
 
 
 @app.command("tasks")
