@@ -134,6 +134,15 @@ def test_official_openai_client_completes_and_gets_prompt_logprobs(url, native):
     by_ids = client.completions.create(model="tiny", prompt=ids, max_tokens=0, echo=True, logprobs=0)
     assert by_ids.choices[0].logprobs.token_logprobs == values  # token ids in, no second BOS added
 
+    # several prompts in one request share their common prefix on the server; each answer is as if alone
+    for prompts in ([ids, ids + native.tokenizer.encode(" and C", bos=False), ids[:2]], [ids, ids[1:]]):
+        many = client.completions.create(model="tiny", prompt=prompts, max_tokens=0, echo=True, logprobs=0)
+        for together, prompt in zip(many.choices, prompts, strict=True):
+            single = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=0)
+            assert together.logprobs.token_logprobs[0] is None
+            assert together.logprobs.token_logprobs[1:] == pytest.approx(
+                single.choices[0].logprobs.token_logprobs[1:], abs=1e-5)
+
 
 def test_official_openai_client_chats(data_dir):
     """Chat through the reference engine: a known conversation gets its answer after the response prefix."""

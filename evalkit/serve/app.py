@@ -224,27 +224,26 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
             raise RequestError("max_tokens=0 needs echo=true (only the prompt comes back)")
         sampling = body.sampling(max_tokens)
 
-        async def one(prompt: str | list[int]) -> tuple[list[int], str, list[Generated], list[TokenLogprobs | None]]:
+        async def one(prompt: str | list[int]) -> tuple[list[int], str, list[Generated]]:
             ids = prompt_ids(engine.tokenize(prompt, body.add_special_tokens) if isinstance(prompt, str) else prompt)
             text = prompt if isinstance(prompt, str) else engine.detokenize(ids)
             if max_tokens == 0:
-                generated = [Generated("", "length", 0, []) for _ in range(body.n)]
-            else:
-                generated = await engine.complete(ids, sampling)
-            scored: list[TokenLogprobs | None] = [None] * len(generated)
-            if body.logprobs is not None:
-                scored = list(await asyncio.gather(*(engine.logprobs(ids + (g.token_ids or []), len(ids), body.logprobs)
-                                                     for g in generated)))
-            return ids, text, generated, scored
+                return ids, text, [Generated("", "length", 0, []) for _ in range(body.n)]
+            return ids, text, await engine.complete(ids, sampling)
 
         answers = await asyncio.gather(*(one(p) for p in prompts))
+        scored: list[TokenLogprobs | None] = [None] * sum(len(a[2]) for a in answers)
+        if body.logprobs is not None:  # all choices at once: the engine shares their common prefix
+            scored = list(await engine.logprobs([ids + (g.token_ids or []) for ids, _, gen in answers for g in gen],
+                                                [len(ids) for ids, _, gen in answers for _ in gen], body.logprobs))
         choices = []
-        for ids, text, generated, scored in answers:
-            for g, s in zip(generated, scored, strict=True):
+        for ids, text, generated in answers:
+            for g in generated:
+                s = scored[len(choices)]
                 logprobs = None
                 if s is not None:
-                    full = ids + (g.token_ids or [])
-                    logprobs = logprobs_body(full, s, 0 if body.echo else len(ids), body.logprobs or 0, 0)
+                    logprobs = logprobs_body(ids + (g.token_ids or []), s, 0 if body.echo else len(ids),
+                                             body.logprobs or 0, 0)
                 choices.append({"index": len(choices), "text": (text if body.echo else "") + g.text,
                                 "logprobs": logprobs, "finish_reason": g.finish_reason, "stop_reason": None})
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),

@@ -165,8 +165,9 @@ class Engine(ABC):
     async def complete(self, prompt_ids: list[int], sampling: Sampling) -> list[Generated]: ...
 
     @abstractmethod
-    async def logprobs(self, ids: list[int], prompt_len: int, top: int) -> TokenLogprobs:
-        """Log-probabilities of ids[1:] (a prompt of `prompt_len` tokens, then generated ones)."""
+    async def logprobs(self, sequences: list[list[int]], prompt_lens: list[int], top: int) -> list[TokenLogprobs]:
+        """Per sequence, the log-probabilities of its tokens after the first (a prompt of `prompt_lens[i]` tokens,
+        then generated ones) and the `top` most likely tokens at each position."""
 
     @abstractmethod
     async def chat(self, messages: Sequence[ChatMessage], response_prefix: str, sampling: Sampling) -> list[Generated]:
@@ -218,24 +219,52 @@ class NativeEngine(Engine):
         return [Generated(truncate_at_stop(c.text, sampling.stop), "length" if c.finish == "length" else "stop",
                           len(c.ids), list(c.ids)) for c in done]
 
-    async def logprobs(self, ids: list[int], prompt_len: int, top: int) -> TokenLogprobs:
-        return await asyncio.wrap_future(self.worker.submit(lambda: self._score(ids, top)))
+    async def logprobs(self, sequences: list[list[int]], prompt_lens: list[int], top: int) -> list[TokenLogprobs]:
+        return await asyncio.wrap_future(self.worker.submit(lambda: self._score(sequences, top)))
 
-    def _score(self, ids: list[int], top: int) -> TokenLogprobs:
-        """One forward over the whole sequence from an empty state (what a server sees: no context split)."""
+    def _score(self, sequences: list[list[int]], top: int) -> list[TokenLogprobs]:
+        """Log-probabilities of every token of every sequence. Their common prefix (an MMLU question's context,
+        shared by its four answers) is run once, its state forked for the rest of each sequence."""
         import torch
 
+        model = self.native.model
+        shared = min(len(s) for s in sequences)
+        for s in sequences[1:]:
+            shared = next((i for i in range(shared) if s[i] != sequences[0][i]), shared)
+        if shared == 0:  # nothing in common (token-id prompts need not start with BOS): one by one
+            return [scored for s in sequences for scored in self._score([s], top)]
         with torch.inference_mode():
-            x = torch.tensor([ids], dtype=torch.long, device=self.native.model.device)
-            logp = torch.log_softmax(self.native.model(x)[0, :-1].float(), dim=-1)
-            chosen = logp.gather(-1, x[0, 1:].unsqueeze(-1).to(logp.device)).squeeze(-1).tolist()
-            tops: list[list[tuple[int, float]] | None] = [None]
-            if top > 0 and len(ids) > 1:
-                values, indices = logp.topk(min(top, logp.shape[-1]), dim=-1)
-                tops += [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
-            else:
-                tops += [[] for _ in chosen]
-        return TokenLogprobs([None, *chosen], tops)
+            cache = model.new_cache(1)
+            prefix = torch.tensor([sequences[0][:shared]], dtype=torch.long, device=model.device)
+            prefix_logp = torch.log_softmax(model.forward_cached(prefix, cache)[0].float(), dim=-1)  # (shared, vocab)
+            rest = [i for i, s in enumerate(sequences) if len(s) > shared + 1]
+            rest_logp: dict[int, torch.Tensor] = {}
+            if rest:
+                width = max(len(sequences[i]) - shared - 1 for i in rest)
+                inputs = torch.zeros(len(rest), width, dtype=torch.long)
+                for row, i in enumerate(rest):
+                    tail = sequences[i][shared:-1]
+                    inputs[row, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+                forked = cache.select(torch.zeros(len(rest), dtype=torch.long, device=model.device))
+                logits = model.forward_cached(inputs.to(model.device), forked).float()
+                for row, i in enumerate(rest):  # right padding only changes positions after the sequence's end
+                    rest_logp[i] = torch.log_softmax(logits[row, : len(sequences[i]) - shared - 1], dim=-1)
+            # what every sequence shares is looked up once: row k of prefix_logp predicts token k + 1
+            head = torch.tensor(sequences[0][1:shared], dtype=torch.long, device=prefix_logp.device)
+            head_chosen = prefix_logp[: shared - 1].gather(-1, head.unsqueeze(-1)).squeeze(-1).tolist()
+            head_top = _top(prefix_logp[: shared - 1], top)
+            out = []
+            for i, s in enumerate(sequences):
+                chosen, tops = list(head_chosen), list(head_top)
+                if len(s) > shared:  # the last shared row predicts this sequence's first own token
+                    chosen.append(float(prefix_logp[shared - 1, s[shared]]))
+                    tops += _top(prefix_logp[shared - 1 : shared], top)
+                if i in rest_logp:
+                    own = torch.tensor(s[shared + 1 :], dtype=torch.long, device=rest_logp[i].device)
+                    chosen += rest_logp[i].gather(-1, own.unsqueeze(-1)).squeeze(-1).tolist()
+                    tops += _top(rest_logp[i], top)
+                out.append(TokenLogprobs([None, *chosen], [None, *tops]))
+        return out
 
     async def chat(self, messages: Sequence[ChatMessage], response_prefix: str, sampling: Sampling) -> list[Generated]:
         # The backend renders the messages with the model's chat format; its samples are seeded by
@@ -251,6 +280,14 @@ class NativeEngine(Engine):
     def close(self) -> None:
         self.worker.close()
         super().close()
+
+
+def _top(logp, k: int) -> list[list[tuple[int, float]]]:
+    """The k most likely (token, log-probability) of each row."""
+    if k <= 0 or logp.shape[0] == 0:
+        return [[] for _ in range(logp.shape[0])]
+    values, indices = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    return [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
 
 
 @dataclass
@@ -368,7 +405,10 @@ class KnownAnswersEngine(Engine):
             raise self._unknown("the conversation")
         return await self._answer(request, sampling)
 
-    async def logprobs(self, ids: list[int], prompt_len: int, top: int) -> TokenLogprobs:
+    async def logprobs(self, sequences: list[list[int]], prompt_lens: list[int], top: int) -> list[TokenLogprobs]:
+        return [await self._logprobs(ids, n, top) for ids, n in zip(sequences, prompt_lens, strict=True)]
+
+    async def _logprobs(self, ids: list[int], prompt_len: int, top: int) -> TokenLogprobs:
         """The backend's score of a known continuation on the prompt's last token, 0 on the others; a known
         context (or generation prompt) alone gets zeros."""
         text = self.detokenize(ids[:prompt_len])
