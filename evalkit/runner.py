@@ -238,19 +238,14 @@ class TaskEvaluation:
 
     def score(self, doc: Doc, entries: Sequence[tuple[int, dict]]) -> None:
         """Judge logged generations: on the sandbox pool when there is one, else here (scorers that use
-        signal-based timeouts need the main thread)."""
+        signal-based timeouts need the main thread). Each result is logged by whoever computed it, as soon as
+        it is ready; a failure to log (a full disk) surfaces in the main thread at the next drain."""
         for index, entry in entries:
             if self.pool is None:
-                self.record([self._score_one(doc, index, entry)])
+                self._score_and_record(doc, index, entry)
             else:
                 self.drain(4 * self.workers)
-                future = self.pool.submit(self._score_one, doc, index, entry)
-                future.add_done_callback(self._done)
-                self.pending.add(future)
-
-    def _done(self, future: Future) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.record([future.result()])
+                self.pending.add(self.pool.submit(self._score_and_record, doc, index, entry))
 
     def drain(self, bound: int) -> None:
         """Wait until at most `bound` executions are pending (a bounded queue), re-raising their failures."""
@@ -260,6 +255,9 @@ class TaskEvaluation:
             for future in done:
                 if future.exception() is not None:
                     raise future.exception()
+
+    def _score_and_record(self, doc: Doc, index: int, entry: dict) -> None:
+        self.record([self._score_one(doc, index, entry)])
 
     def _score_one(self, doc: Doc, index: int, entry: dict) -> dict:
         output = entry["output"]

@@ -10,7 +10,7 @@ from evalkit.data import HubSplit, load_rows
 from evalkit.metrics import accuracy_metrics
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.tasks import Scored, Task, TaskError, register
-from tasks import _prompts
+from tasks import _instruct, _prompts
 
 EXTRACTORS = {"strict_match": gsm8k_strict_answer, "flexible_extract": gsm8k_flexible_answer}
 _CALCULATOR_RE = re.compile(r"<<[^>]*>>")  # the dataset's calculator annotations, <<48/2=24>>
@@ -32,6 +32,7 @@ def reference_completion(answer: str) -> str:
 @register("gsm8k")
 class GSM8K(Task):
     name = "gsm8k"
+    supports_chat = True
 
     def docs(self) -> list[dict]:
         rows, self.provenance = load_rows(self.data, self.name, local="gsm8k/test.jsonl",
@@ -46,6 +47,10 @@ class GSM8K(Task):
         return docs
 
     def request(self, doc: dict) -> GenerationRequest:
+        if self.chat:  # the eight exemplars as turns; the answer is read as in the completion variant
+            messages = _instruct.turns(_prompts.GSM8K_COT_EXEMPLARS, doc["question"])
+            return _instruct.chat_request(doc["task_id"], messages, "", _prompts.GSM8K_COT_STOP,
+                                          self.default_max_tokens, reference_completion(doc["solution"]).strip())
         return GenerationRequest(doc["task_id"], _prompts.gsm8k_cot_prompt(doc["question"]), _prompts.GSM8K_COT_STOP,
                                  self.default_max_tokens, reference=reference_completion(doc["solution"]))
 
@@ -68,6 +73,9 @@ class GSM8K(Task):
         return out
 
     def settings(self) -> dict:
+        chat = {"prompt": "chat: the 8 exemplars as user (question) / assistant (worked answer ending 'The answer is "
+                          "N.') turns, then the question as the last user turn; no system prompt, no response prefix"
+                } if self.chat else {}
         return {
             "prompt": "8-shot chain of thought: 'Q: ...\\nA: ... The answer is N.' blocks, then 'Q: {question}\\nA:'",
             "shots": len(_prompts.GSM8K_COT_EXEMPLARS),
@@ -79,4 +87,4 @@ class GSM8K(Task):
                            "flexible_extract": "last number in the completion"},
             "checker": "numeric equality after removing commas, '$' and a trailing period",
             "verdict": "strict_match (flexible_extract is in each record's extra)",
-        }
+        } | chat

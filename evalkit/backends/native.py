@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from evalkit.backends.base import Backend, BackendError
+from evalkit.chat import ChatFormat, mistral_chat_format
 from evalkit.models import load_model, model_arch
 from evalkit.models.checkpoint import CheckpointError, config_hash, read_config
 from evalkit.models.generate import GenerationJob, generate_batch, score_continuations
@@ -79,6 +80,7 @@ class NativeBackend(Backend):
         self.path = path
         self.arch = arch
         self.batch_size = batch_size
+        self._chat_format: ChatFormat | None = None
 
     @classmethod
     def from_spec(
@@ -103,12 +105,17 @@ class NativeBackend(Backend):
         return cls(model, tokenizer, spec=spec, path=path, arch=arch, batch_size=batch_size)
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
-        for r in requests:
-            if r.chat:
-                raise BackendError("chat prompts are not supported by the native backend yet")
         greedy = sampling.temperature <= 0.0
         # Greedy samples are all the same sequence: generate it once and repeat it.
-        prompts = [self.tokenizer.encode(r.prompt) for r in requests]
+        prompts, prompt_info = [], []
+        for r in requests:
+            if r.chat:  # the instruct prompt, response prefix included: the completion is what follows it
+                rendered = self.chat_format().render(r.messages, r.response_prefix)
+                prompts.append(list(rendered.ids))
+                prompt_info.append(rendered.record())
+            else:
+                prompts.append(self.tokenizer.encode(r.prompt))
+                prompt_info.append({"prompt_tokens": len(prompts[-1])})
         jobs = [
             GenerationJob(
                 prompt_ids=ids,
@@ -129,11 +136,17 @@ class NativeBackend(Backend):
             batch_size=self.batch_size,
         )
         out = []
-        for request, ids, samples in zip(requests, prompts, completions, strict=True):
+        for request, info, samples in zip(requests, prompt_info, completions, strict=True):
             texts = [Completion(truncate_at_stop(c.text, request.stop), finish_reason=c.finish,
-                                info={"prompt_tokens": len(ids), "completion_tokens": len(c.ids)}) for c in samples]
+                                info=info | {"completion_tokens": len(c.ids)}) for c in samples]
             out.append(texts * len(request.sample_indices) if greedy else texts)
         return out
+
+    def chat_format(self) -> ChatFormat:
+        """mistral-common's instruct encoding for this model's tokenizer (built on first use)."""
+        if self._chat_format is None:
+            self._chat_format = mistral_chat_format(self.tokenizer.version)
+        return self._chat_format
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
         results = []
@@ -156,6 +169,7 @@ class NativeBackend(Backend):
             "tokenizer": f"mistral-common {self.tokenizer.version} ({self.tokenizer.vocab_size} tokens)",
             "config_sha256": config_hash(self.path),
             "batch_size": self.batch_size,
+            "chat_format": self.chat_format().describe(),
         }
 
     def close(self) -> None:
