@@ -69,6 +69,10 @@ def run(
     n_per_request: Annotated[bool, typer.Option(rich_help_panel=MODEL, help=(
         "openai: ask for a problem's samples with `n` in one request instead of one request per sample "
         "(faster; the samples are then seeded together, not one by one)."))] = False,
+    chat_format: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
+        "openai with --chat: render chat prompts with evalkit's format (mistral-v3, mistral-v1, or hf:PATH for "
+        "a tokenizer's chat template) and send the token ids to /v1/completions, instead of leaving the "
+        "template to the server's /v1/chat/completions."))] = None,
     limit: Annotated[int | None, typer.Option(min=1, rich_help_panel=TASKS,
                                               help="Evaluate only the first N problems of each task.")] = None,
     prompt: Annotated[str | None, typer.Option(rich_help_panel=TASKS, help=(
@@ -140,7 +144,8 @@ def run(
             task_options=parse_task_options(task_option or []),
             backend_options={"dtype": dtype, "device": device, "batch_size": batch_size, "served_model": served_model,
                              "concurrency": concurrency, "request_timeout": request_timeout,
-                             "max_retries": max_retries, "n_per_request": n_per_request or None},
+                             "max_retries": max_retries, "n_per_request": n_per_request or None,
+                             "chat_format": chat_format},
         )
         path, results = run_evaluation(opts, progress=progress, log=lambda m: typer.echo(m, err=True))
     except RunInterrupted as e:

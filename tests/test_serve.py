@@ -38,6 +38,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
+def data(data_dir) -> DataConfig:
+    return DataConfig.from_options(str(data_dir))
+
+
+@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return save_hf(oracle(seed=5), tmp_path_factory.mktemp("served") / "ckpt")
 
@@ -183,7 +188,9 @@ def test_completions_over_http_equal_in_process(url, native, sampling):
     in_process = native.generate(requests, sampling)
     for remote, local in zip(over_http, in_process, strict=True):
         assert [c.text for c in remote] == [c.text for c in local]
-        assert [c.finish_reason for c in remote] == [c.finish_reason for c in local]
+        # the native backend says "eos" where a server says "stop" (its only other reason is "length")
+        assert [c.finish_reason for c in remote] == [{"eos": "stop"}.get(c.finish_reason, c.finish_reason)
+                                                     for c in local]
         assert [c.info["completion_tokens"] for c in remote] == [c.info["completion_tokens"] for c in local]
         assert all(c.info["attempts"] == 1 and c.info["prompt_tokens"] == local[0].info["prompt_tokens"]
                    for c in remote)
@@ -232,7 +239,8 @@ def test_malformed_requests_get_openai_style_errors_and_the_server_lives_on(url)
         ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "does not exist"),
         ("/v1/chat/completions", {"messages": []}, 400, "messages"),
         ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, 400, "chat"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "yo"}]}, 400, "ending with a user"),
         ("/tokenize", {"text": "x"}, 400, "prompt"),
         ("/v1/nothing", {}, 404, "Not Found"),
     ]
@@ -303,3 +311,32 @@ def test_replay_served_gives_each_sample_by_its_seed(tmp_path, data_dir):
     assert outcomes(next((tmp_path / "http").iterdir())) == outcomes(next((tmp_path / "local").iterdir()))
     assert remote["tasks"]["humaneval"]["metrics"] == local["tasks"]["humaneval"]["metrics"]
     assert remote["tasks"]["humaneval"]["metrics"]["pass@1"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("chat_format", [None, "mistral-v3"], ids=["server-template", "evalkit-template"])
+def test_chat_over_http_equals_in_process(url, native, chat_format):
+    """--chat against a served native model: rendered by the server (/v1/chat/completions) or by evalkit (its
+    token ids to /v1/completions), the answer is the in-process backend's."""
+    requests = [GenerationRequest(f"c{i}", "", max_tokens=10, stop=("\n```",), response_prefix=prefix,
+                                  messages=(ChatMessage("system", "Answer in Python."), ChatMessage("user", ask)))
+                for i, (ask, prefix) in enumerate([("Write fib.", "```python\n"), ("Add two numbers.", "")])]
+    backend = OpenAIBackend(url, concurrency=1, chat_format=chat_format)
+    over_http = backend.generate(requests, SamplingParams())
+    in_process = native.generate(requests, SamplingParams())
+    assert [c[0].text for c in over_http] == [c[0].text for c in in_process]
+    assert [c[0].info["prompt_tokens"] for c in over_http] == [c[0].info["prompt_tokens"] for c in in_process]
+    assert ("token ids" in backend.describe()["requests"]["chat"]) == (chat_format is not None)
+    if chat_format:
+        assert over_http[0][0].info["prompt_ids_sha256"] == in_process[0][0].info["prompt_ids_sha256"]
+
+
+def test_reference_chat_prompts_over_http_score_one(data, tmp_path):
+    """`evalkit run --chat` through `evalkit serve --model reference`: the chat form of every prompt is known."""
+    engine = build_engine("reference", ["humaneval", "math500"], data)
+    with serving(engine) as base_url:
+        _, results = run_evaluation(RunOptions(model=f"openai:{base_url}", tasks=["humaneval", "math500"], limit=4,
+                                               chat=True, data=data, unsafe_local=True, output_dir=tmp_path),
+                                    progress=False, log=lambda m: None)
+    engine.close()
+    assert results["tasks"]["humaneval"]["metrics"]["pass@1"] == 1.0
+    assert results["tasks"]["math500"]["metrics"]["accuracy"] == 1.0

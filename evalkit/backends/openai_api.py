@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from evalkit.backends.base import Backend, BackendError
+from evalkit.chat import ChatFormat, hf_chat_format, mistral_chat_format
 from evalkit.requests import (
     Completion,
     Failure,
@@ -137,11 +138,28 @@ def server_message(response: httpx.Response) -> str:
     return str(body)[:500]
 
 
+def load_chat_format(name: str) -> ChatFormat:
+    """evalkit's renderer of chat prompts: mistral-v1 / mistral-v3 (mistral-common) or hf:PATH (a transformers
+    tokenizer's chat template)."""
+    if name.startswith("hf:"):
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(name.removeprefix("hf:"))
+        except (ImportError, OSError, ValueError) as e:
+            raise BackendError(f"--chat-format {name}: cannot load the tokenizer: {e}") from e
+        return hf_chat_format(tokenizer, name.removeprefix("hf:"))
+    if name.startswith("mistral-"):
+        return mistral_chat_format(name.removeprefix("mistral-"))
+    raise BackendError(f"unknown --chat-format {name!r}: mistral-v1, mistral-v3 or hf:PATH_OR_REPO")
+
+
 class OpenAIBackend(Backend):
     """Generation through /v1/completions or /v1/chat/completions, log-likelihood through echoed logprobs."""
 
     name = "openai"
-    options = frozenset({"served_model", "concurrency", "request_timeout", "max_retries", "n_per_request"})
+    options = frozenset({"served_model", "concurrency", "request_timeout", "max_retries", "n_per_request",
+                         "chat_format"})
 
     @classmethod
     def from_spec(cls, target: str, known_ids: dict[str, set[str]] | None = None, **options) -> OpenAIBackend:
@@ -155,12 +173,15 @@ class OpenAIBackend(Backend):
         request_timeout: float | None = None,
         max_retries: int = 6,
         n_per_request: bool = False,
+        chat_format: str | None = None,
         *,
         backoff_s: tuple[float, float] = (1.0, 30.0),
         use_token_ids: bool | None = None,
     ) -> None:
         """`backoff_s` is (first wait, longest wait) between retries; `use_token_ids` None asks the server
-        whether it tokenizes (/tokenize), True or False forces the log-likelihood prompt form."""
+        whether it tokenizes (/tokenize), True or False forces the log-likelihood prompt form. `chat_format`
+        (mistral-v1, mistral-v3, hf:PATH) renders chat prompts here and sends their ids to /v1/completions;
+        None leaves the chat template to the server (/v1/chat/completions)."""
         parts = urlsplit(base_url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BackendError(f"--model openai:{redact_url(base_url)}: expected openai:http(s)://HOST[:PORT]/v1, "
@@ -176,6 +197,7 @@ class OpenAIBackend(Backend):
         self.max_retries = max_retries
         self.n_per_request = n_per_request
         self.backoff_s = backoff_s
+        self.chat_format = load_chat_format(chat_format) if chat_format else None
         key = api_key_from_env()
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.served_model, self.server = self._run(self._discover(served_model))
@@ -216,20 +238,25 @@ class OpenAIBackend(Backend):
             "served_model": self.served_model,
             "server": self.server,
             "requests": {
-                "generation": "/v1/completions with the task's prompt (--chat: /v1/chat/completions with its "
-                              "messages, a response prefix as a final assistant message with "
-                              "continue_final_message=true, add_generation_prompt=false); max_tokens and stop "
-                              f"from the task, temperature and top_p from sampling, seed = {seed}",
+                "generation": "/v1/completions with the task's prompt; max_tokens and stop from the task, "
+                              f"temperature and top_p from sampling, seed = {seed}",
+                "chat": "/v1/completions with the token ids of evalkit's rendering (chat_format)"
+                        if self.chat_format is not None else
+                        "/v1/chat/completions with the task's messages, rendered by the server's template; a "
+                        "response prefix as a final assistant message with continue_final_message=true, "
+                        "add_generation_prompt=false",
                 "loglikelihood": "/v1/completions, echo=true, logprobs=1, max_tokens=0, prompts as "
                                  + ("token ids from the server's /tokenize" if self.use_token_ids
                                     else "text (the context alone in the same request counts its tokens)"),
             },
+            **({"chat_format": self.chat_format.describe()} if self.chat_format is not None else {}),
         }
 
     # --- one request ------------------------------------------------------------------------------------
 
     async def _generate_one(self, client: httpx.AsyncClient, request: GenerationRequest, indices: tuple[int, ...],
                             sampling: SamplingParams) -> list[Completion]:
+        prompt_record: dict[str, Any] = {}
         params: dict[str, Any] = {
             "model": self.served_model,
             "max_tokens": request.max_tokens,
@@ -239,7 +266,11 @@ class OpenAIBackend(Backend):
             "seed": sample_seed(sampling.seed, request.task_id, indices[0]),
             "n": len(indices),
         }
-        if request.chat:
+        if request.chat and self.chat_format is not None:  # evalkit renders; the server continues the ids as sent
+            rendered = self.chat_format.render(request.messages, request.response_prefix)
+            path, params = "/completions", {**params, "prompt": list(rendered.ids)}
+            prompt_record = rendered.record()
+        elif request.chat:
             messages = [{"role": m.role, "content": m.content} for m in request.messages]
             if request.response_prefix:
                 messages.append({"role": "assistant", "content": request.response_prefix})
@@ -258,10 +289,10 @@ class OpenAIBackend(Backend):
         usage = answer.body.get("usage") or {}
         out = []
         for choice in choices:
-            text = choice.get("text") if not request.chat else (choice.get("message") or {}).get("content")
+            text = choice.get("text") if path == "/completions" else (choice.get("message") or {}).get("content")
             raw_finish = choice.get("finish_reason")
             info = {"attempts": answer.attempts, "latency_s": round(answer.latency_s, 4),
-                    "retry_wait_s": round(answer.waited_s, 4),
+                    "retry_wait_s": round(answer.waited_s, 4), **prompt_record,
                     "prompt_tokens": usage.get("prompt_tokens"),
                     "completion_tokens" if len(indices) == 1 else "completion_tokens_all_choices":
                         usage.get("completion_tokens")}

@@ -272,6 +272,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
                     "finish_reason": g.finish_reason, "stop_reason": None} for i, g in enumerate(generated)]
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": engine.name, "choices": choices, "system_fingerprint": fingerprint,
-                "usage": usage(0, sum(g.completion_tokens for g in generated))}
+                "usage": usage(generated[0].prompt_tokens or 0 if generated else 0,
+                               sum(g.completion_tokens for g in generated))}
 
     return app

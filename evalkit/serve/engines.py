@@ -61,6 +61,7 @@ class Generated:
     finish_reason: str  # "stop" or "length"
     completion_tokens: int
     token_ids: list[int] | None = None
+    prompt_tokens: int | None = None  # where the engine rendered the prompt itself (chat)
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,9 @@ class NativeEngine(Engine):
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 seed=sampling.seeds()[0])
         done = await asyncio.wrap_future(self.worker.submit(lambda: self.native.generate([request], params)[0]))
-        return [Generated(c.text, c.finish_reason or "stop", int(c.info.get("completion_tokens") or 0)) for c in done]
+        return [Generated(c.text, "length" if c.finish_reason == "length" else "stop",
+                          int(c.info.get("completion_tokens") or 0), prompt_tokens=c.info.get("prompt_tokens"))
+                for c in done]
 
     def close(self) -> None:
         self.worker.close()
