@@ -234,7 +234,7 @@ def serve_command(
     data_dir: Annotated[str | None, typer.Option(help="reference and replay: local benchmark mirror.")] = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models,
-    /tokenize), for `evalkit run --model openai:URL` or any other client. Needs `pip install evalkit[serve]`."""
+    /tokenize), for `evalkit run --model openai:URL` or any other client. Needs the `serve` extra (fastapi, uvicorn)."""
     from evalkit.data import DataConfig
 
     try:
