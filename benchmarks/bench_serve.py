@@ -1,7 +1,8 @@
 """What the HTTP path costs: evaluation throughput through `evalkit serve` next to the same model in-process.
 
 The same native model answers the same HumanEval prompts (greedy, a fixed number of new tokens) three ways:
-in-process (`NativeBackend.generate`, all prompts in one call), and through `evalkit serve` on loopback with the
+in-process (`NativeBackend.generate`, all prompts in one call; also decoding one sequence at a time, which is
+what a single client gets), and through `evalkit serve` on loopback with the
 `openai:` backend at concurrency 1, 4 and 16 (one HTTP request per sample, as an evaluation sends them; the
 server batches the requests that wait together). MMLU log-likelihoods are timed the same way: in-process
 scoring reuses the context's state for the four answers, the server computes every prompt token's
@@ -76,6 +77,11 @@ def main() -> None:
         seconds, local = timed(lambda: backend.generate(requests, greedy))
         tokens = sum(c.info["completion_tokens"] for samples in local for c in samples)
         rows = [("in-process", "-", seconds, len(requests) / seconds, tokens / seconds, 1.0, "-", "-")]
+        backend.batch_size = 1  # what one request at a time costs without HTTP
+        one_seconds, _ = timed(lambda: backend.generate(requests, greedy))
+        backend.batch_size = args.batch_size
+        rows.append(("in-process", "bs 1", one_seconds, len(requests) / one_seconds, tokens / one_seconds,
+                     seconds / one_seconds, "-", "-"))
         ll_rows = []
         if questions:
             ll_seconds, ll_local = timed(lambda: backend.loglikelihood(questions))
