@@ -243,8 +243,7 @@ def test_faults_between_client_and_server_change_no_result(tiny_engine, clean_ru
 
 @pytest.mark.parametrize("tasks", [
     ["math500"],
-    pytest.param(["math500", "mmlu"], marks=pytest.mark.xfail(
-        raises=KeyError, reason="tasks/mmlu.py's aggregate reads extra['subject'], which an error sample lacks")),
+    ["math500", "mmlu"],
 ], ids=["math500", "math500+mmlu"])
 def test_a_server_that_dies_mid_run_and_comes_back_resumes_to_identical_results(tiny_engine, clean_run, data, tmp_path,
                                                                                 tasks):
