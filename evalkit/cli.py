@@ -111,11 +111,12 @@ def run(
     generate_only: Annotated[bool, typer.Option(rich_help_panel=SCALE, help=(
         "Write the generations and stop (no sandbox needed); `evalkit score RUN_DIR` executes and scores them "
         "later, elsewhere."))] = False,
-    ray: Annotated[str | None, typer.Option(rich_help_panel=SCALE, is_flag=False, flag_value="auto",
-                                            metavar="[ADDRESS]", help=(
-        "Run --shards shards as Ray tasks on an existing Ray cluster (`--ray` alone: $RAY_ADDRESS, else a local "
-        "one), then merge them; needs `pip install 'evalkit[ray]'`. --output-path must be reachable from every "
-        "node, or the shards' records come back to this process."))] = None,
+    ray: Annotated[bool, typer.Option(rich_help_panel=SCALE, help=(
+        "Run --shards shards as Ray tasks on an existing Ray cluster ($RAY_ADDRESS, or --ray-address; without "
+        "either, a local one), then merge them; needs `pip install 'evalkit[ray]'`. --output-path must be "
+        "reachable from every node, or the shards' records come back to this process."))] = False,
+    ray_address: Annotated[str | None, typer.Option(rich_help_panel=SCALE, help=(
+        "The Ray cluster to use (e.g. 10.0.0.1:6379); implies --ray."))] = None,
     shards: Annotated[int | None, typer.Option(min=1, rich_help_panel=SCALE, help=(
         "With --ray: how many shards (Ray tasks) to cut the problems into."))] = None,
     progress: Annotated[bool, typer.Option(rich_help_panel=OUTPUT, help="Show progress bars.")] = True,
@@ -146,18 +147,26 @@ def run(
             shard=Shard.parse(shard) if shard else None, generate_only=generate_only,
         )
         opts = resumed_options(resume, given, explicit) if resume is not None else given
+        ray = ray or ray_address is not None
+        if resume is not None and not ray:  # a Ray run continues on Ray, with its recorded shards
+            from evalkit.store import RunStore
+
+            recorded = RunStore(resume).load_run_info(require_config=False).get("ray")
+            if isinstance(recorded, dict):
+                ray, shards = True, shards or recorded.get("shards")
+                ray_address = ray_address or recorded.get("address")
     except EvalkitError as e:
         fail(str(e))
     if not opts.model or not opts.tasks:
         fail("--model and --tasks are required (`evalkit tasks` lists the tasks)")
-    if shards is not None and ray is None:
+    if shards is not None and not ray:
         fail("--shards N goes with --ray; to run one shard yourself, use --shard K/N")
-    if ray is not None:
+    if ray:
         if opts.shard is not None or opts.generate_only:
             fail("--ray runs every shard itself, with scoring: leave out --shard and --generate-only")
         from evalkit.ray_runner import run_on_ray
 
-        _evaluate_and_report(lambda: run_on_ray(opts, shards or 1, None if ray == "auto" else ray,
+        _evaluate_and_report(lambda: run_on_ray(opts, shards or 1, ray_address,
                                                 log=lambda m: typer.echo(m, err=True)), allow_errors)
         return
     from evalkit.runner import run_evaluation

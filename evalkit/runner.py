@@ -155,7 +155,7 @@ class RunOptions:
 
 def recorded_options(run_dir: Path) -> RunOptions | None:
     """The options run.json in `run_dir` records, or None for a run written before they were recorded."""
-    info = RunStore(run_dir).load_run_info()
+    info = RunStore(run_dir).load_run_info(require_config=False)  # a Ray run records its config at the end
     if not isinstance(info.get("run_options"), dict):
         return None
     return RunOptions.from_record(info["run_options"], f"{run_dir / 'run.json'}")
