@@ -135,8 +135,7 @@ def run(
         output_path = output_dir
     explicit = {fld for param, fld in RUN_OPTION_FIELDS.items() if _given(ctx, param)}
     try:
-        data = DataConfig.from_options(data_dir, hub=hub, revision=dataset_revision, spider_db_dir=spider_db_dir) \
-            if "data" in explicit or resume is None else DataConfig()
+        data = DataConfig.from_options(data_dir, hub=hub, revision=dataset_revision, spider_db_dir=spider_db_dir)
         given = RunOptions(
             model=model, tasks=comma_list(tasks), limit=limit, output_dir=output_path,
             sampling=SamplingParams(n=n_samples, temperature=temperature, top_p=top_p, seed=seed),

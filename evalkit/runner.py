@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import os
 import re
 import signal
 import threading
@@ -167,6 +168,7 @@ def resumed_options(run_dir: Path, given: RunOptions, explicit: set[str]) -> Run
     options that change the experiment are refused later, by the same check as any resume."""
     base = recorded_options(run_dir)
     if base is None:
+        RunStore(run_dir).load_run_info()  # a run.json without its config cannot be resumed at all
         if not given.model or not given.tasks:
             raise RunStoreError(f"{run_dir / 'run.json'} does not record the run's options (an older evalkit wrote "
                                 "it): give --model, --tasks and the other options the run was started with")
@@ -398,13 +400,12 @@ class TaskEvaluation:
                 self.record([self._score_one(doc, index, entry)])
             else:
                 self.drain(4 * self.workers)
-                future = self.pool.submit(self._score_one, doc, index, entry)
-                future.add_done_callback(self._done)
-                self.pending.add(future)
+                self.pending.add(self.pool.submit(self._score_and_record, doc, index, entry))
 
-    def _done(self, future: Future) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.record([future.result()])
+    def _score_and_record(self, doc: Doc, index: int, entry: dict) -> None:
+        # Logged by the worker itself, as soon as it is judged; a failed write (a full disk) is this future's
+        # exception, which `drain` re-raises, never a sample silently dropped by a done-callback.
+        self.record([self._score_one(doc, index, entry)])
 
     def drain(self, bound: int) -> None:
         """Wait until at most `bound` executions are pending (a bounded queue), re-raising their failures."""
@@ -473,14 +474,15 @@ def summarize_task(task: Task, records: list[dict], n_docs: int, sampling: Sampl
 
 
 def check_output_path(path: Path) -> None:
-    """Refuse, before any model is loaded, an --output-path where no run folder can be made."""
+    """Refuse, before any model is loaded, an --output-path where no run folder can be made (nothing is created
+    here: a run refused later for bad input leaves no folder behind)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunStoreError(f"--output-path {path} is a file, not a folder: give a folder to create run folders in")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunStoreError(f"cannot create --output-path {path}: {e.strerror or e}") from None
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise RunStoreError(f"--output-path {path}: {existing} is a file, not a folder; give a folder to create run "
+                            "folders in")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunStoreError(f"--output-path {path}: {existing} is not writable")
 
 
 def _fill_environment(saved: dict, config: dict) -> bool:

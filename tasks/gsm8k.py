@@ -61,8 +61,10 @@ class GSM8K(Task):
     def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
         out: dict = {"metrics": {}, "stderr": {}, "stderr_method": {}}
         for name in EXTRACTORS:
-            part = accuracy_metrics(records, sampling.n, name, lambda r, k=name: bool(r["extra"][k]["passed"]),
-                                    lambda r, k=name: r["extra"][k]["answer"], same_number)
+            # a sample the harness could not judge (verdict "error") has no extraction: it counts as not passed
+            part = accuracy_metrics(records, sampling.n, name,
+                                    lambda r, k=name: bool(r["extra"].get(k, {}).get("passed")),
+                                    lambda r, k=name: r["extra"].get(k, {}).get("answer"), same_number)
             for key in out:
                 out[key].update(part[key])
         return out
