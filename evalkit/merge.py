@@ -6,8 +6,8 @@ Merging is a pure function of the shard folders, and it refuses rather than gues
   different splits (K/N with different N) or of different problem sets;
 - an incomplete set: every problem of every task must have all its samples, and the message names the
   missing problems and their shards (a lost middle shard never silently truncates the results);
-- conflicting duplicates: one sample judged differently by two folders (a shard run twice is fine when
-  both runs agree; a judged sample replaces an `error` one).
+- conflicting duplicates: one sample with another completion or verdict in two folders (a shard run twice
+  is fine when both runs agree; a judged sample replaces an `error` one).
 
 The merged folder holds generations.jsonl and samples.jsonl in canonical order (tasks as run, problems in
 dataset order, samples by index) and a results.json computed by the same code as any run
@@ -48,9 +48,15 @@ def without_timing(value: object) -> object:
     return value
 
 
-def _same_record(a: dict, b: dict) -> bool:
-    return json.dumps(without_timing(a), sort_keys=True, default=str) == json.dumps(without_timing(b), sort_keys=True,
-                                                                                   default=str)
+# What makes a record the same sample: two runs of one sample may word an error differently (a temporary path in
+# a traceback, an object address) or take another time, and are still the same judgement of the same text.
+SAMPLE_IDENTITY = ("prompt", "completion", "program", "answer", "verdict", "passed")
+GENERATION_IDENTITY = ("prompt", "output")
+
+
+def _same_record(a: dict, b: dict, fields: tuple[str, ...]) -> bool:
+    return all(json.dumps(a.get(f), sort_keys=True, default=str) == json.dumps(b.get(f), sort_keys=True, default=str)
+               for f in fields)
 
 
 @dataclass
@@ -119,7 +125,7 @@ def _collect(folders: Sequence[ShardFolder], attr: str) -> dict[Key, tuple[dict,
                 out[key] = (record, folder)
                 continue
             kept, where = out[key]
-            if _same_record(kept, record):
+            if _same_record(kept, record, SAMPLE_IDENTITY if attr == "samples" else GENERATION_IDENTITY):
                 continue
             if attr == "samples" and kept.get("verdict") == "error" and record.get("verdict") != "error":
                 out[key] = (record, folder)  # judged in one attempt, not in the other: the judgement stands

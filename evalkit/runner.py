@@ -320,15 +320,14 @@ class TaskEvaluation:
             return []
         return [self.samples[k] for k in self._all_keys()]
 
+    def never_generated(self) -> list[tuple[str, int]]:
+        """Samples with neither a generation nor a record of the backend failing on them."""
+        return [k for k in self._all_keys() if k not in self.samples and k not in self.generations
+                and k not in self.errors]
+
     def keep_generation_errors(self, todo: list[tuple[Doc, tuple[int, ...]]]) -> None:
         """Scoring alone: a sample the backend failed on stays an "error" sample (a later `evalkit run --resume`
-        generates it); a sample never generated means the generation phase is unfinished."""
-        unfinished = [(d["task_id"], i) for d, idx in todo for i in idx if (d["task_id"], i) not in self.errors]
-        if unfinished:
-            tid, i = unfinished[0]
-            raise RunStoreError(
-                f"{self.task.name}: {len(unfinished)} samples were never generated (e.g. {tid} #{i}); finish the "
-                f"generation phase first: evalkit run --resume {self.store.path}")
+        generates it)."""
         for d, idx in todo:
             for i in idx:
                 self.samples[(d["task_id"], i)] = self.errors[(d["task_id"], i)]
@@ -486,14 +485,18 @@ def check_output_path(path: Path) -> None:
 
 
 def _fill_environment(saved: dict, config: dict) -> bool:
-    """A generate-only run recorded no toolchain (it had no sandbox): the first scoring records it. True if
-    anything was filled in."""
+    """A run phase without a sandbox (generate-only) records no toolchain (None); the first phase with one
+    records it. Copy the known toolchain into whichever config lacks it; True if `saved` changed."""
     filled = False
     for name, info in saved.get("tasks", {}).items():
-        now = config.get("tasks", {}).get(name, {})
-        if isinstance(info, dict) and info.get("environment") is None and now.get("environment") is not None:
+        now = config.get("tasks", {}).get(name)
+        if not isinstance(info, dict) or not isinstance(now, dict):
+            continue
+        if info.get("environment") is None and now.get("environment") is not None:
             info["environment"] = now["environment"]
             filled = True
+        elif now.get("environment") is None and info.get("environment") is not None:
+            now["environment"] = info["environment"]
     return filled
 
 
@@ -512,7 +515,9 @@ def _resume_store(folder: Path, opts: RunOptions, config: dict, log: Callable[[s
                                 f"{hint}. Resume with the same options, or start a new run.")
         if filled:
             log(f"recording the scoring machine's toolchain in {store.config_path}")
-        saved.update(status="running", resumed=dt.datetime.now().isoformat(), run_options=opts.record())
+        saved.update(status="running", resumed=dt.datetime.now().isoformat())
+        if not opts.score_only:  # scoring alone leaves the recorded options until it has scored everything
+            saved["run_options"] = opts.record()
         store.update_run_info(saved)
     except BaseException:
         store.unlock()
@@ -632,10 +637,18 @@ def _evaluate(opts: RunOptions, tasks: dict[str, Task], docs: dict[str, list[Doc
     results: dict = {"run_id": run_id, "model": opts.model, "tasks": {}, "config": config}
     if opts.shard is not None:
         results["shard"] = str(opts.shard)
+    evaluations = {name: TaskEvaluation(task, docs[name], backend, sandbox, store, opts, _of_task(generations, name),
+                                        _of_task(samples, name), lambda tid: varying.get(tid, opts.sampling.n),
+                                        progress) for name, task in tasks.items()}
+    if opts.score_only:  # checked before anything is scored, so a refused score changes nothing
+        unfinished = {name: missing for name, e in evaluations.items() if (missing := e.never_generated())}
+        if unfinished:
+            name, missing = next(iter(unfinished.items()))
+            raise RunStoreError(
+                f"{sum(map(len, unfinished.values()))} samples were never generated (e.g. {name} {missing[0][0]} "
+                f"sample {missing[0][1]}); finish the generation phase first: evalkit run --resume {store.path}")
     for name, task in tasks.items():
-        evaluation = TaskEvaluation(task, docs[name], backend, sandbox, store, opts, _of_task(generations, name),
-                                    _of_task(samples, name), lambda tid: varying.get(tid, opts.sampling.n), progress)
-        records = evaluation.run()
+        records = evaluations[name].run()
         if not opts.generate_only:
             results["tasks"][name] = summarize_task(task, records, len(docs[name]), opts.sampling)
     if opts.generate_only:
@@ -643,5 +656,6 @@ def _evaluate(opts: RunOptions, tasks: dict[str, Task], docs: dict[str, list[Doc
         return None
     store.write_results(results)  # results first: run.json says "finished" only once they are on disk
     errors = sum(info["verdicts"].get("error", 0) for info in results["tasks"].values())
-    store.set_status("finished", finished=dt.datetime.now().isoformat(), error_samples=errors)
+    store.set_status("finished", finished=dt.datetime.now().isoformat(), error_samples=errors,
+                     run_options=opts.record())
     return results
