@@ -103,6 +103,11 @@ def run_on_ray(opts: RunOptions, shards: int, address: str | None = None, log: C
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray 2.60 prints a token-auth notice on start
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
                  logging_level=logging.WARNING)
+        if resources["num_gpus"] and not ray.cluster_resources().get("GPU"):
+            if opts.backend_options.get("device") == "cuda":
+                raise EvalkitError("--device cuda, but the Ray cluster has no GPU")
+            resources["num_gpus"] = 0.0  # a CPU-only cluster: asking for a GPU would leave the tasks waiting forever
+            log("the Ray cluster has no GPU: the model runs on the nodes' CPUs")
         task = ray.remote(run_shard).options(max_retries=max_retries, retry_exceptions=False, **resources)
         refs = {task.remote(record, f"{k}/{shards}", str(parent), run_id, shared): k for k in range(shards)}
         log(f"{shards} shard tasks submitted to Ray ({', '.join(f'{k}={v:g}' for k, v in resources.items())} each)")

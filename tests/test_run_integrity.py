@@ -379,3 +379,40 @@ def test_a_data_file_that_is_not_gzip_or_is_cut_short(data, message, data_dir, t
                  "--unsafe-local-execution", "--no-progress", "-o", str(tmp_path / "runs"))
     assert res.exit_code == 2 and message in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_a_sandbox_engine_that_stays_away_stops_the_run_resumably(tmp_path, monkeypatch):
+    """SandboxUnavailable (the sandbox's retries ran out) is no verdict: the run stops, keeps what it finished,
+    records no `error` sample for it, and a resume finishes the run."""
+    import threading
+
+    from evalkit.sandbox.local import UnsafeLocalExecutor
+    from evalkit.sandbox.program import SandboxUnavailable
+
+    real_run = UnsafeLocalExecutor.run
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def run_until_the_engine_goes(self, program):
+        with lock:
+            calls["n"] += 1
+            gone = calls["n"] > 3
+        if gone:
+            raise SandboxUnavailable("the Docker engine did not answer for 60 s (3 retries)")
+        return real_run(self, program)
+
+    monkeypatch.setattr(UnsafeLocalExecutor, "run", run_until_the_engine_goes)
+    out = tmp_path / "runs"
+    args = ["--model", "reference", "--tasks", "humaneval", "--limit", "8", "--unsafe-local-execution",
+            "--no-progress"]
+    res = invoke("run", *args, "-o", str(out))
+    run_dir = only_run(out)
+    assert res.exit_code == 1, res.output
+    assert "SandboxUnavailable" in res.output and f"evalkit run --resume {run_dir}" in res.output
+    assert run_info(run_dir)["status"] == "interrupted"
+    logged = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert 0 < len(logged) <= 3 and all(s["verdict"] == "passed" for s in logged)
+    monkeypatch.undo()
+    res = invoke("run", "--resume", str(run_dir), "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert results(run_dir)["tasks"]["humaneval"]["verdicts"] == {"passed": 8}
