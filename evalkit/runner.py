@@ -108,6 +108,7 @@ class RunOptions:
     prompt: str | dict | None = None
     chat: bool = False
     task_options: dict = field(default_factory=dict)
+    overlap: bool = True  # False: execute each batch before generating the next (benchmarks compare the two)
     shard: Shard | None = None
     generate_only: bool = False
     score_only: bool = False
@@ -309,6 +310,8 @@ class TaskEvaluation:
             else:
                 for batch in _batches(todo_generate, max(1, self.opts.requests_per_call)):
                     self.generate(batch)
+                    if not self.opts.overlap:
+                        self.drain(0)
             self.drain(0)
         finally:
             for future in self.pending:
@@ -393,18 +396,14 @@ class TaskEvaluation:
 
     def score(self, doc: Doc, entries: Sequence[tuple[int, dict]]) -> None:
         """Judge logged generations: on the sandbox pool when there is one, else here (scorers that use
-        signal-based timeouts need the main thread)."""
+        signal-based timeouts need the main thread). Each result is logged by whoever computed it, as soon as
+        it is ready; a failure to log (a full disk) surfaces in the main thread at the next drain."""
         for index, entry in entries:
             if self.pool is None:
-                self.record([self._score_one(doc, index, entry)])
+                self._score_and_record(doc, index, entry)
             else:
                 self.drain(4 * self.workers)
                 self.pending.add(self.pool.submit(self._score_and_record, doc, index, entry))
-
-    def _score_and_record(self, doc: Doc, index: int, entry: dict) -> None:
-        # Logged by the worker itself, as soon as it is judged; a failed write (a full disk) is this future's
-        # exception, which `drain` re-raises, never a sample silently dropped by a done-callback.
-        self.record([self._score_one(doc, index, entry)])
 
     def drain(self, bound: int) -> None:
         """Wait until at most `bound` executions are pending (a bounded queue), re-raising their failures."""
@@ -414,6 +413,9 @@ class TaskEvaluation:
             for future in done:
                 if future.exception() is not None:
                     raise future.exception()
+
+    def _score_and_record(self, doc: Doc, index: int, entry: dict) -> None:
+        self.record([self._score_one(doc, index, entry)])
 
     def _score_one(self, doc: Doc, index: int, entry: dict) -> dict:
         output = entry["output"]

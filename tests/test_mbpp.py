@@ -105,9 +105,10 @@ def test_reference_solutions_pass(self_check, name):
 
 
 @pytest.mark.docker
-def test_wrong_answers_and_early_exits_fail(sandbox, mbpp, monkeypatch):
-    task, docs = mbpp
-    monkeypatch.setattr(task, "timeout", 3.0)
+def test_wrong_answers_and_early_exits_fail(sandbox, mbpp, data_dir):
+    _, docs = mbpp
+    task = get_task("mbpp", DataConfig(mirror=data_dir), timeout=3.0)
+    task.docs()
     doc = docs["11"]
     wrong = doc["code"].replace("return", "return None and", 1)
     assert task.score(doc, wrong, sandbox).verdict == "failed"
