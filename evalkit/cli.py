@@ -231,19 +231,21 @@ def _evaluate_and_report(evaluate, allow_errors: bool) -> None:
 def score(
     run_dir: Annotated[Path, typer.Argument(help="Run folder written by `evalkit run --generate-only`.",
                                             show_default=False)],
-    sandbox_workers: Annotated[int | None, typer.Option(min=1, help="Sandbox containers (default: CPU count).")] = None,
+    sandbox_workers: Annotated[int | None, typer.Option(min=1, rich_help_panel=EXECUTION,
+                                                        help="Sandbox containers (default: CPU count).")] = None,
     unsafe_local_execution: Annotated[bool, typer.Option(
-        "--unsafe-local-execution", help="Run generated code on this machine WITHOUT a sandbox. Only for "
-        "completions you trust.")] = False,
-    data_dir: Annotated[str | None, typer.Option(help=(
+        "--unsafe-local-execution", rich_help_panel=EXECUTION,
+        help="Run generated code on this machine WITHOUT a sandbox. Only for completions you trust.")] = False,
+    data_dir: Annotated[str | None, typer.Option(rich_help_panel=DATA, help=(
         "Local benchmark mirror, where the recorded one is not on this machine (default: $EVALKIT_DATA_DIR)."))] = None,
-    allow_errors: Annotated[bool, typer.Option(help="Exit 0 even when some samples ended in `error`.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    allow_errors: Annotated[bool, typer.Option(rich_help_panel=OUTPUT,
+                                               help="Exit 0 even when some samples ended in `error`.")] = False,
+    progress: Annotated[bool, typer.Option(rich_help_panel=OUTPUT, help="Show progress bars.")] = True,
 ) -> None:
     """Execute and score the generations of a run (the second phase of `evalkit run --generate-only`).
 
-    Needs no model: the generations are in the run folder. Interrupted, it continues where it stopped when
-    run again; samples the backend failed on stay `error` until `evalkit run --resume RUN_DIR` generates them.
+    Needs no model: the generations are in the run folder. Interrupted, it continues where it stopped when run
+    again; samples the backend failed on stay `error` until `evalkit run --resume RUN_DIR` generates them.
     """
     import dataclasses
 
