@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,9 +38,10 @@ def ray_module():
     return ray
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster(ray_module):
-    """A head node and one worker node, 1 CPU each; torn down however the test ends."""
+    """A head node and one worker node, 1 CPU each, torn down however the tests end; the last test kills the
+    worker node."""
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_AUTH_MODE"] = "disabled"  # Ray 2.60 prints a token-auth notice otherwise
@@ -99,27 +101,66 @@ def test_shards_on_two_ray_nodes_equal_the_one_process_run(cluster, replay, unsh
         assert sorted(p.name for p in (path / "shards").iterdir()) == [f"shard-{k}-of-4" for k in range(4)]
 
 
+def cli_args(replay: Path, address: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "evalkit.cli", "run", "--model", f"replay:{replay}", "--tasks", "humaneval",
+            "--limit", str(LIMIT), "--n-samples", "2", "--unsafe-local-execution", "--sandbox-workers", "1",
+            "--requests-per-call", "2", "--no-progress", "--ray-address", address, "--shards", "4", "-o", str(out)]
+
+
+def wait_for_running_shards(out: Path, driver: subprocess.Popen, count: int) -> None:
+    """Until `count` shard folders have logged samples and none of them has finished (bounded: 180 s)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        running = [p.parent for p in out.glob("*/shards/*/samples.jsonl") if not (p.parent / "results.json").exists()]
+        if len(running) >= count:
+            return
+        assert driver.poll() is None, driver.communicate()
+        time.sleep(0.05)
+    pytest.fail(f"{count} shards were never running at once in 180 s")
+
+
+def assert_each_sample_logged_once(run_dir: Path) -> list[Path]:
+    shards = sorted((run_dir / "shards").iterdir())
+    assert len(shards) == 4
+    for shard in shards:
+        keys = Counter((s["task"], s["task_id"], s["sample_index"])
+                       for s in map(json.loads, (shard / "samples.jsonl").read_text().splitlines()))
+        assert max(keys.values()) == 1, f"{shard.name} logged a sample twice"
+    return shards
+
+
+def test_a_stopped_driver_resumes_on_ray(cluster, replay, unsharded, tmp_path):
+    ray_cluster, _ = cluster
+    out = tmp_path / "runs"
+    driver = subprocess.Popen(cli_args(replay, ray_cluster.address, out), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_running_shards(out, driver, 1)
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    assert driver.returncode == 130 and f"evalkit run --resume {run_dir}" in stderr, stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    resumed = subprocess.run([sys.executable, "-m", "evalkit.cli", "run", "--resume", str(run_dir), "--no-progress"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_equal_runs(run_dir, unsharded[0])
+    assert_each_sample_logged_once(run_dir)
+
+
 def test_a_worker_node_killed_mid_run_changes_nothing(cluster, replay, unsharded, tmp_path):
     """Killed once both nodes run a shard (two unfinished shard folders with logged samples): the lost shard is
     retried on the other node, resumes its folder, and the merged run equals the one-process run."""
     ray_cluster, worker = cluster
     out = tmp_path / "runs"
-    args = ["--model", f"replay:{replay}", "--tasks", "humaneval", "--limit", str(LIMIT), "--n-samples", "2",
-            "--unsafe-local-execution", "--sandbox-workers", "1", "--requests-per-call", "2", "--no-progress",
-            "--ray-address", ray_cluster.address, "--shards", "4", "-o", str(out)]
-    driver = subprocess.Popen([sys.executable, "-m", "evalkit.cli", "run", *args], stdout=subprocess.PIPE,
+    driver = subprocess.Popen(cli_args(replay, ray_cluster.address, out), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            running = [p.parent for p in out.glob("*/shards/*/samples.jsonl")
-                       if not (p.parent / "results.json").exists()]
-            if len(running) >= 2:
-                break
-            assert driver.poll() is None, driver.communicate()
-            time.sleep(0.05)
-        else:
-            pytest.fail("two shards were never running at once in 180 s")
+        wait_for_running_shards(out, driver, 2)  # both nodes are running a shard
         ray_cluster.remove_node(worker, allow_graceful=False)  # its raylet and workers die at once
         _, stderr = driver.communicate(timeout=300)
     finally:
@@ -129,12 +170,7 @@ def test_a_worker_node_killed_mid_run_changes_nothing(cluster, replay, unsharded
     assert driver.returncode == 0, stderr
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     assert_equal_runs(run_dir, unsharded[0])
-    shards = sorted((run_dir / "shards").iterdir())
-    assert len(shards) == 4
-    for shard in shards:
-        keys = Counter((s["task"], s["task_id"], s["sample_index"])
-                       for s in map(json.loads, (shard / "samples.jsonl").read_text().splitlines()))
-        assert max(keys.values()) == 1, f"{shard.name} logged a sample twice"
+    shards = assert_each_sample_logged_once(run_dir)
     retried = [s.name for s in shards if "resumed" in json.loads((s / "run.json").read_text())]
     assert retried, "no shard was retried: the kill hit no running task"
 
