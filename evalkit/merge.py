@@ -166,8 +166,9 @@ def _missing_message(missing: list[Key], expected: dict[Key, int], folders: Sequ
         if not held:
             lines.append(f"shard {index} of {count}: no folder given (run it with --shard {index}/{count})")
         for f in held:
+            command = "evalkit score" if f.info.get("status") == "generated" else "evalkit run --resume"
             lines.append(f"shard {index} of {count} ({f.path}) is unfinished (status {f.info.get('status', '?')}): "
-                         f"continue it with: evalkit run --resume {f.path}")
+                         f"continue it with: {command} {f.path}")
     return "\n  ".join(lines)
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -75,7 +76,9 @@ def run_shard(record: dict, shard: str, parent: str, run_id: str, shared: bool |
         raise ShardFailed(f"shard {shard}: {e}") from None
     if shared:
         return {"path": str(path)}
-    return {"files": {name: (path / name).read_bytes() for name in LOG_FILES if (path / name).exists()}}
+    files = {name: (path / name).read_bytes() for name in LOG_FILES if (path / name).exists()}
+    shutil.rmtree(path, ignore_errors=True)  # the shard is finished: Ray does not run a finished task again
+    return {"files": files}
 
 
 def _import_ray():
