@@ -279,12 +279,12 @@ class TaskEvaluation:
         self.samples = {k: s for k, s in samples.items() if s["verdict"] != "error"}  # errors are redone
         self.requests = {d["task_id"]: task_request(task, d, opts) for d in docs}
         self.lock = threading.Lock()
-        total = sum(self.n.values())
-        self.bar = tqdm(total=total, desc=task.name, unit="sample", disable=not progress, dynamic_ncols=True)
-        self.bar.update(sum(1 for k in self._all_keys() if k in self._done_set()))
+        self.progress = progress
+        self.bar: tqdm | None = None  # made when the task runs, so tasks waiting their turn show no bar
         parallel = task.uses_sandbox and sandbox is not None and sandbox.size > 1 and not opts.generate_only
         self.workers = sandbox.size if parallel else 1
-        self.pool = ThreadPoolExecutor(max_workers=self.workers) if parallel else None
+        self.pool: ThreadPoolExecutor | None = None
+        self.parallel = parallel
         self.pending: set[Future] = set()
 
     def _all_keys(self) -> Iterator[tuple[str, int]]:
@@ -295,6 +295,10 @@ class TaskEvaluation:
 
     def run(self) -> list[dict]:
         """Do what is missing; return the task's records (empty when only generating)."""
+        self.bar = tqdm(total=sum(self.n.values()), desc=self.task.name, unit="sample", disable=not self.progress,
+                        dynamic_ncols=True)
+        self.bar.update(sum(1 for k in self._all_keys() if k in self._done_set()))
+        self.pool = ThreadPoolExecutor(max_workers=self.workers) if self.parallel else None
         try:
             todo_generate = []
             for doc in self.docs:

@@ -185,3 +185,16 @@ def test_ray_without_the_extra_is_a_clear_error(tmp_path, monkeypatch):
                                    "--shards", "2", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "pip install 'evalkit[ray]'" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("model", "workers", "wanted"), [
+    ("reference", None, {"num_cpus": 1.0, "num_gpus": 0.0}),
+    ("replay:x.jsonl", 3, {"num_cpus": 3.0, "num_gpus": 0.0}),
+    ("openai:http://127.0.0.1:8000/v1", None, {"num_cpus": 1.0, "num_gpus": 0.0}),
+    ("hf:mistralai/Mistral-7B-v0.3", None, {"num_cpus": 1.0, "num_gpus": 1.0}),
+    ("codestral-mamba", 2, {"num_cpus": 2.0, "num_gpus": 1.0}),
+])
+def test_each_shard_asks_for_what_its_backend_needs(model, workers, wanted):
+    from evalkit.ray_runner import shard_resources
+
+    assert shard_resources(model, workers) == wanted

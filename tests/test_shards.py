@@ -7,8 +7,11 @@ The runs use the reference backend and a replay file made from it (with chosen w
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -255,3 +258,31 @@ def test_generate_only_then_score_equals_one_phase_and_both_phases_resume(tmp_pa
     assert_same_run(run_dir, one_phase)
     assert len(lines(run_dir / "samples.jsonl")) == len(lines(one_phase / "samples.jsonl"))
     assert len(lines(run_dir / "generations.jsonl")) == len(lines(one_phase / "generations.jsonl"))
+
+
+def test_the_shard_of_a_problem_is_the_same_in_every_process():
+    """Python's own hash() changes per process (PYTHONHASHSEED); a shard must not."""
+    ids = [("humaneval", f"HumanEval/{i}") for i in range(40)] + [("mmlu", f"mmlu/anatomy/{i}") for i in range(40)]
+    here = [shard_of(t, tid, 7) for t, tid in ids]
+    code = ("import json, sys; from evalkit.shard import shard_of; "
+            "print(json.dumps([shard_of(t, i, 7) for t, i in json.loads(sys.argv[1])]))")
+    for seed in ("1", "2"):
+        there = subprocess.run([sys.executable, "-c", code, json.dumps(ids)], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONHASHSEED": seed}, check=True, timeout=60)
+        assert json.loads(there.stdout) == here
+    assert set(here) == set(range(7))  # 80 problems reach every one of 7 shards
+
+
+def test_generate_only_shards_are_scored_then_merged(tmp_path):
+    args = run_args("replay")
+    args.remove("--unsafe-local-execution")
+    out = tmp_path / "shards"
+    for k in range(2):
+        assert invoke("run", *args, "--generate-only", "--shard", f"{k}/2", "-o", str(out)).exit_code == 0
+    dirs = [out / Shard(k, 2).folder_name for k in range(2)]
+    res = invoke("merge", str(tmp_path / "m"), *map(str, dirs))
+    assert res.exit_code == 2 and f"continue it with: evalkit score {dirs[0]}" in res.output
+    for d in dirs:
+        assert invoke("score", str(d), "--unsafe-local-execution", "--no-progress").exit_code == 0
+    assert invoke("merge", str(tmp_path / "m"), *map(str, dirs)).exit_code == 0
+    assert_same_run(tmp_path / "m", unsharded("replay"))
