@@ -113,7 +113,7 @@ def run(
         "later, elsewhere."))] = False,
     ray: Annotated[bool, typer.Option(rich_help_panel=SCALE, help=(
         "Run --shards shards as Ray tasks on an existing Ray cluster ($RAY_ADDRESS, or --ray-address; without "
-        "either, a local one), then merge them; needs `pip install 'evalkit[ray]'`. --output-path must be "
+        "either, a local one), then merge them; needs `pip install 'evalkit\\[ray]'`. --output-path must be "
         "reachable from every node, or the shards' records come back to this process."))] = False,
     ray_address: Annotated[str | None, typer.Option(rich_help_panel=SCALE, help=(
         "The Ray cluster to use (e.g. 10.0.0.1:6379); implies --ray."))] = None,
