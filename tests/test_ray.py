@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -99,6 +100,10 @@ def test_shards_on_two_ray_nodes_equal_the_one_process_run(cluster, replay, unsh
                              shared=shared)
         assert_equal_runs(path, unsharded[0])
         assert sorted(p.name for p in (path / "shards").iterdir()) == [f"shard-{k}-of-4" for k in range(4)]
+        node_copies = Path(tempfile.gettempdir()) / "evalkit-ray" / path.name
+        if shared is False:  # each shard removed its node-local copy once its records were sent
+            assert not any(node_copies.iterdir())
+            node_copies.rmdir()
 
 
 def cli_args(replay: Path, address: str, out: Path) -> list[str]:
