@@ -70,6 +70,7 @@ class RunOptions:
     prompt: str | dict | None = None
     chat: bool = False
     task_options: dict = field(default_factory=dict)
+    overlap: bool = True  # False: execute each batch before generating the next (benchmarks compare the two)
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -172,6 +173,8 @@ class TaskEvaluation:
                     todo_generate.append((doc, tuple(ungenerated)))
             for batch in _batches(todo_generate, max(1, self.opts.requests_per_call)):
                 self.generate(batch)
+                if not self.opts.overlap:
+                    self.drain(0)
             self.drain(0)
         finally:
             for future in self.pending:

@@ -14,9 +14,14 @@ from tasks import _instruct, _prompts
 
 HUB_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
                 "prealgebra", "precalculus")  # EleutherAI/hendrycks_math configs
-EXTRACTION = "last balanced \\boxed{} (or \\fbox), then 'final answer is ...', then the last number"
-CHECKER = ("normalised string match, then exact number match, then math-verify (parse + verify) in a "
-           "worker process under a per-check wall-clock limit; over the limit -> verdict 'timeout'")
+EXTRACTION = ("math-verify's order: Minerva's 'final answer is X. I hope it is correct'; then the later of the "
+              "last balanced \\boxed{} (or \\fbox) and 'final answer is X'; then the later of the last math span "
+              "($..$, \\(..\\), \\[..\\], bare \\frac{a}{b}) and the last number after a space or '='")
+CHECKER = ("normalised string match, then exact number match (both accept only what math-verify accepts), then "
+           "math-verify (parse + verify of '$\\boxed{answer}$') in a worker process under a per-check wall-clock "
+           "limit; over the limit -> verdict 'timeout'")
+REFERENCE = ("math-verify, as lm-eval's minerva_math500 calls it; deliberate difference: a final answer stated "
+             "without $...$ is read whole (math-verify reads no LaTeX there, or only the leading number)")
 
 
 class MathAnswerTask(Task):
@@ -81,6 +86,7 @@ class MathAnswerTask(Task):
             "max_tokens": self.max_tokens_by_prompt[self.prompt_variant],
             "extraction": EXTRACTION,
             "checker": CHECKER,
+            "reference": REFERENCE,
             "check_timeout_s": DEFAULT_TIMEOUT_S,
             "majority_vote": "over equivalence classes of extracted answers (same checker)",
         } | chat
