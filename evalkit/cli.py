@@ -207,6 +207,38 @@ def list_tasks() -> None:
         typer.secho(f"warning: task module tasks/{module}.py failed to import: {why}", fg=typer.colors.YELLOW, err=True)
 
 
+LM_EVAL_HELP = (
+    "Run lm-evaluation-harness (any of its tasks) on an evalkit model: lm-eval's own command line, with the "
+    "model `evalkit` registered and chosen.\n\n"
+    "Every option is lm-eval's (`lm-eval run --help` lists them) and passes through unchanged. --model_args takes "
+    "`model=` any evalkit model spec (a name such as codestral-mamba, a checkpoint folder, hf:..., openai:...) and "
+    "optionally `seed=` (the run seed each sample's seed derives from; 1234), `max_length=` (tokens per "
+    "perplexity window; 2048), `max_gen_toks=` (the generation limit of tasks that set none; 256), `dtype=` and "
+    "`requests_per_call=` (prompts per backend call; 64).\n\n"
+    "Unless given (and without --config), --device and --batch_size are `auto`: the backend's own defaults (CUDA "
+    "when present, else the CPU), not lm-eval's cuda:0 and 1. `evalkit lm-eval ls tasks` and `evalkit lm-eval "
+    "validate ...` run those lm-eval subcommands.\n\n"
+    "Example: `evalkit lm-eval --model_args model=codestral-mamba,dtype=bfloat16 --tasks hellaswag,arc_easy "
+    "--limit 100 --output_path results/lm-eval --log_samples`\n\n"
+    "Needs lm-eval: pip install 'evalkit\\[lm-eval]'."
+)
+
+
+@app.command("lm-eval", help=LM_EVAL_HELP, no_args_is_help=True,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def lm_eval_command(ctx: typer.Context) -> None:
+    try:
+        from evalkit.lm_eval import run_cli
+
+        run_cli(ctx.args)
+    except EvalkitError as e:
+        fail(str(e))
+    except ValueError as e:  # how lm-eval reports bad settings (an unknown task, a bad --limit, ...)
+        fail(f"lm-eval: {e}")
+    except SystemExit as e:  # lm-eval's argparse ends with exit codes of its own
+        raise typer.Exit(e.code if isinstance(e.code, int) else 1) from None
+
+
 @sandbox_app.command("build")
 def sandbox_build(
     dockerfile: Annotated[bool, typer.Option(help="Build from sandbox/Dockerfile (needs a registry).")] = False,
