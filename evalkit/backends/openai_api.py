@@ -26,9 +26,11 @@ import asyncio
 import email.utils
 import math
 import os
+import queue
 import random
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -206,6 +208,15 @@ class OpenAIBackend(Backend):
     # --- the interface -------------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
+        got: list[dict[int, Completion]] = [{} for _ in requests]
+        for position, produced in self.generate_stream(requests, sampling):
+            got[position].update(produced)
+        return [[got[r][i] for i in request.sample_indices] for r, request in enumerate(requests)]
+
+    def generate_stream(self, requests: Sequence[GenerationRequest],
+                        sampling: SamplingParams) -> Iterator[tuple[int, dict[int, Completion]]]:
+        """Each HTTP request's samples as soon as its answer is in, so the runner logs them while others are in
+        flight: an interrupt or a dead server loses only the requests in flight."""
         calls: list[tuple[int, tuple[int, ...]]] = []  # (request number, sample indices of one HTTP request)
         for r, request in enumerate(requests):
             if self.n_per_request:
@@ -217,11 +228,8 @@ class OpenAIBackend(Backend):
             request, indices = requests[call[0]], call[1]
             return lambda client: self._generate_one(client, request, indices, sampling)
 
-        answers = self._run(self._gather([one(c) for c in calls]))
-        out: list[list[Completion]] = [[] for _ in requests]
-        for (r, _), completions in zip(calls, answers, strict=True):
-            out[r].extend(completions)
-        return out
+        for k, completions in self._as_finished([one(c) for c in calls]):
+            yield calls[k][0], dict(zip(calls[k][1], completions, strict=True))
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
         def one(request: LoglikelihoodRequest) -> Callable[[httpx.AsyncClient], Awaitable[Scores]]:
@@ -370,35 +378,77 @@ class OpenAIBackend(Backend):
     def _run(self, coroutine: Awaitable[T]) -> T:
         return asyncio.run(coroutine)  # type: ignore[arg-type]
 
+    def _as_finished(self, jobs: Sequence[Callable[[httpx.AsyncClient], Awaitable[T]]]) -> Iterator[tuple[int, T]]:
+        """(job number, result) in the order the jobs finish. The event loop runs in a helper thread; when the
+        caller stops early (Ctrl-C, an error) the jobs still in flight are cancelled before this returns."""
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+        end = object()
+
+        def work() -> None:
+            try:
+                self._run(self._gather(jobs, on_done=lambda k, result: finished.put((k, result)), stop=stop))
+                finished.put(end)
+            except BaseException as e:  # handed to the caller's thread
+                finished.put(e)
+
+        thread = threading.Thread(target=work, name="openai-requests", daemon=True)
+        thread.start()
+        try:
+            while (item := finished.get()) is not end:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
     def _client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         return httpx.AsyncClient(headers=self._headers, limits=limits, timeout=httpx.Timeout(
             LOGLIKELIHOOD_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
 
-    async def _gather(self, jobs: Sequence[Callable[[httpx.AsyncClient], Awaitable[T]]]) -> list[T]:
-        """Run `jobs` at most `concurrency` at a time, in order; the first refusal cancels the rest."""
+    async def _gather(self, jobs: Sequence[Callable[[httpx.AsyncClient], Awaitable[T]]],
+                      on_done: Callable[[int, T], None] | None = None,
+                      stop: threading.Event | None = None) -> list[T]:
+        """Run `jobs` at most `concurrency` at a time, in order; the first refusal cancels the rest, and so does
+        `stop` once set. `on_done(k, result)` hears of each job that succeeds as it does."""
         if not jobs:
             return []
         semaphore = asyncio.Semaphore(self.concurrency)
 
-        async def limited(job: Callable[[httpx.AsyncClient], Awaitable[T]], client: httpx.AsyncClient) -> T:
+        async def limited(k: int, job: Callable[[httpx.AsyncClient], Awaitable[T]], client: httpx.AsyncClient) -> T:
             async with semaphore:
-                return await job(client)
+                result = await job(client)
+            if on_done is not None:
+                on_done(k, result)
+            return result
+
+        async def watch(tasks: list[asyncio.Future]) -> None:
+            if stop is None:
+                return
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            for task in tasks:
+                task.cancel()
 
         async with self._client() as client:
-            tasks = [asyncio.ensure_future(limited(job, client)) for job in jobs]
+            tasks = [asyncio.ensure_future(limited(k, job, client)) for k, job in enumerate(jobs)]
+            watcher = asyncio.ensure_future(watch(tasks))
             try:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             finally:
-                for task in tasks:
+                for task in [*tasks, watcher]:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, watcher, return_exceptions=True)
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 error = task.exception()
                 if isinstance(error, _Refused):
                     raise self._refusal(error) from None
                 raise error  # type: ignore[misc]
+        if any(task.cancelled() for task in tasks):
+            raise asyncio.CancelledError("stopped before every request finished")
         return [task.result() for task in tasks]
 
     def _refusal(self, error: _Refused) -> BackendError:
