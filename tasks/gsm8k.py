@@ -94,8 +94,8 @@ class GSM8K(Task):
     def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
         out: dict = {"metrics": {}, "stderr": {}, "stderr_method": {}}
         for name, (_, same) in METRICS.items():
-            part = accuracy_metrics(records, sampling.n, name, lambda r, k=name: bool(r["extra"][k]["passed"]),
-                                    lambda r, k=name: r["extra"][k]["answer"], same)
+            part = accuracy_metrics(records, sampling.n, name, lambda r, k=name: bool(_judged(r, k).get("passed")),
+                                    lambda r, k=name: _judged(r, k).get("answer"), same)
             for key in out:
                 out[key].update(part[key])
         return out
@@ -127,3 +127,8 @@ class GSM8K(Task):
             "majority_vote": "strict_match and flexible_extract: equal exact_match strings; numeric_match: numbers",
             "verdict": "strict_match (the other metrics are in each record's extra)",
         } | chat
+
+
+def _judged(record: dict, metric: str) -> dict:
+    """A record's verdict under `metric`; empty for a sample the harness could not judge (verdict "error")."""
+    return record["extra"].get(metric) or {}

@@ -169,11 +169,13 @@ def chat_program(lang: str, doc: dict, code: str) -> str:
         specs = [spec.strip() for m in GO_IMPORTS.finditer(code) for spec in (m[1] or m[2]).splitlines()]
         code = re.sub(r"^package\s+\w+[ \t]*$", "", GO_IMPORTS.sub("", code), flags=re.M)
         code = _instruct.cut_at_line(code, r"^func\s+main\s*\(")
+        uncommented = re.sub(r"//.*", "", code)  # "a list of strings." in a comment does not use strings
         used: dict[str, str] = {}
         for spec in [s for s in specs if s and not s.startswith("//")] + [f'"{p}"' for p in GO_PACKAGES]:
             alias, _, path = spec.rpartition(" ")
             path = path.strip('"')
-            if f'"{path}"' not in doc["test_setup"] and f"{alias or path.split('/')[-1]}." in code:
+            name = alias or path.split("/")[-1]
+            if f'"{path}"' not in doc["test_setup"] and re.search(rf"\b{re.escape(name)}\.", uncommented):
                 used.setdefault(path, spec)
         imports = ("import (\n" + "".join(f"    {spec}\n" for spec in used.values()) + ")\n") if used else ""
         return doc["test_setup"] + "\n" + imports + code.strip("\n") + "\n" + doc["test"]

@@ -333,11 +333,14 @@ def test_an_answer_without_the_tested_function_fails_saying_so(data_dir):
 def test_chat_programs_put_the_answer_between_preamble_and_tests(data_dir):
     go = chat_task("humaneval-x-go", data_dir)
     doc = go.docs()[0]
-    answer = ('package main\n\nimport (\n    "math"\n    "fmt"\n)\n\n' + go.prompt(doc).split("\n)\n", 1)[1]
-              + doc["canonical_solution"] + "\nfunc main() {\n    fmt.Println(1)\n}\n")
+    answer = ('package main\n\nimport (\n    "math"\n    "fmt"\n)\n\n// takes a list of strings.\n'
+              + go.prompt(doc).split("\n)\n", 1)[1] + doc["canonical_solution"]
+              + "\nfunc main() {\n    fmt.Println(1)\n}\n")
     program = go.program(doc, answer + "```")
     assert program.count("package main") == 1 and "func main" not in program
-    assert '"math"' in program and '"fmt"' not in program  # only what the kept code uses
+    # Only what the kept code uses: not fmt (main is gone), not strings (named in a comment), not rand ("operand.").
+    assert '"math"' in program and '"fmt"' not in program and '"strings"' not in program
+    assert '"math/rand"' not in go.program(doc, answer.replace("numbers[i]", "operand.x[i]") + "```")
     cpp = chat_task("multipl-e-cpp", data_dir)
     doc = next(d for d in cpp.docs() if d["task_id"] == "HumanEval_53_add")
     program = cpp.program(doc, "long add(long x, long y) {\n    return x + y;\n}\nint main() { }\n```")
