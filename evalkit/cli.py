@@ -79,7 +79,7 @@ def run(
         "openai: retries of a request after connection errors, timeouts, 408, 409, 429 and 5xx, with "
         "exponential backoff and jitter, honouring Retry-After (default 6); a request that still fails is an "
         "`error` sample, done again by --resume."))] = None,
-    n_per_request: Annotated[bool, typer.Option(rich_help_panel=MODEL, help=(
+    n_per_request: Annotated[bool, typer.Option("--n-per-request", rich_help_panel=MODEL, help=(
         "openai: ask for a problem's samples with `n` in one request instead of one request per sample "
         "(faster; the samples are then seeded together, not one by one)."))] = False,
     chat_format: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
