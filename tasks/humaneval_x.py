@@ -20,6 +20,7 @@ from evalkit.execution import run_scored, scored_from_execution
 from evalkit.requests import GenerationRequest
 from evalkit.sanitize import truncate_at_stop
 from evalkit.tasks import Scored, Task, register, timeout_option
+from tasks import _instruct
 
 FIELDS = {"task_id": str, "prompt": str, "declaration": str, "canonical_solution": str, "test": str}
 HUB_CONFIG = {"cpp": "cpp", "java": "java", "js": "js", "go": "go", "rust": "rust"}
@@ -35,6 +36,7 @@ CPP_INCLUDES = ("#include<stdlib.h>", "#include<algorithm>", "#include<math.h>",
                 "#include<vector>", "#include<string>", "#include<climits>", "#include<cstring>", "#include<iostream>")
 GO_PACKAGES = ("math", "strings", "fmt", "strconv", "time", "bytes", "regexp", "sort", "math/rand", "crypto/md5")
 RUST_CRATE_USES = re.compile(r"^use (rand::Rng|regex::Regex|md5);\n", re.M)
+RUST_MAIN = "\nfn main(){ \n } \n"  # HumanEval-X's Rust crate is a binary: cargo test needs a main
 # CodeGeeX's evaluate_functional_correctness: 5 s per compile and per run by default; Rust's cargo runs unbounded.
 REFERENCE_TIMEOUT_S = {"cpp": 5.0, "java": 5.0, "js": 5.0, "go": 5.0, "rust": None}
 DELIBERATE_DIFFERENCES = {
@@ -83,6 +85,7 @@ KNOWN_BROKEN: dict[str, dict[str, str]] = {
 
 class HumanEvalX(Task):
     uses_sandbox = True
+    supports_chat = True
     options = {"timeout": timeout_option(None, "5 s per compile and run (CodeGeeX); default: the recipe's")}
     lang: str
 
@@ -99,6 +102,9 @@ class HumanEvalX(Task):
         return doc["prompt"]
 
     def request(self, doc: dict) -> GenerationRequest:
+        if self.chat:
+            return _instruct.code_request(doc["task_id"], self.lang, self.prompt(doc), 1024,
+                                          self.prompt(doc) + doc["canonical_solution"])
         return GenerationRequest(doc["task_id"], self.prompt(doc), STOP[self.lang], 1024,
                                  reference=doc["canonical_solution"])
 
@@ -117,6 +123,8 @@ class HumanEvalX(Task):
     def reference_program(self, doc: dict, completion: str) -> str:
         """CodeGeeX's program text (evaluate_humaneval_x.py's process_humaneval_test; Rust as HumanEval-X's
         cargo crate gets it: an empty main, the declaration, the completion, the tests)."""
+        if self.chat:
+            return chat_program(self.lang, doc, _instruct.code_of(self.lang, completion))
         code = self._code(completion)
         if self.lang == "cpp":
             return self._cpp_includes(doc) + "\n" + doc["prompt"] + code + "\n" + doc["test"]
@@ -124,11 +132,13 @@ class HumanEvalX(Task):
             imports, body = self._go_parts(doc, code)
             return doc["test_setup"] + "\n" + imports + body + "\n" + doc["test"]
         if self.lang == "rust":
-            return "\nfn main(){ \n } \n" + self.prompt(doc) + code + doc["test"]
+            return RUST_MAIN + self.prompt(doc) + code + doc["test"]
         return doc["prompt"] + code + "\n" + doc["test"]
 
     def program(self, doc: dict, completion: str) -> harness.TestSource:
         """CodeGeeX's program for the completion, under the language's test harness."""
+        if self.chat:
+            return chat_source(self.lang, doc, _instruct.code_of(self.lang, completion))
         code = self._code(completion)
         if self.lang == "cpp":
             return harness.cpp_tests(doc["prompt"], code + "\n", doc["test"], head=self._cpp_includes(doc) + "\n")
@@ -148,6 +158,10 @@ class HumanEvalX(Task):
                 "go": languages.go, "rust": languages.rust}[self.lang]()
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
+        if self.chat:
+            code = _instruct.code_of(self.lang, completion)
+            if why := _instruct.undefined(self.lang, code, [_instruct.last_defined(self.prompt(doc), self.lang)]):
+                return Scored("failed", program=code, error=why)
         if self.lang == "rust" and (why := harness.rust_forbidden(completion)):
             return Scored("failed", error=why)
         source = self.program(doc, completion)
@@ -163,6 +177,7 @@ class HumanEvalX(Task):
         return scored
 
     def settings(self) -> dict:
+        chat = _instruct.code_settings(self.lang, CHAT_CHECKER[self.lang]) if self.chat else {}
         return {
             "prompt": "the dataset prompt verbatim" + (" (Rust: declaration without crate uses + docstring)"
                                                       if self.lang == "rust" else ""),
@@ -177,7 +192,7 @@ class HumanEvalX(Task):
             "known_broken_canonical": KNOWN_BROKEN[self.lang],
             "nondeterministic_canonical": NONDETERMINISTIC[self.lang],
             "deliberate_differences": DELIBERATE_DIFFERENCES,
-        }
+        } | chat
 
     def _timeout_setting(self) -> dict:
         return {"timeout_s_per_command": self.option("timeout")} if self.option("timeout") else {}
@@ -186,6 +201,78 @@ class HumanEvalX(Task):
         extra = {"go": (languages.library_versions("golang-github-stretchr-testify-dev"),),
                  "cpp": (languages.library_versions("libssl-dev", "libboost-dev"),)}.get(self.lang, ())
         return languages.toolchain_environment(sandbox, self.recipe(), extra)
+
+
+CHAT_CHECKER = {
+    "cpp": "CodeGeeX's includes + the prompt's #include/using lines + answer code without its own main, up to its "
+           "last closing brace + test",
+    "java": "the prompt's import lines + answer code (class Solution not public, without its own main) + test",
+    "js": "answer code up to its last closing brace + test; pass = exit 0 and no output at all",
+    "go": "test_setup + the imports the answer's code uses (its own and CodeGeeX's list) + answer code without "
+          "package, import and main + test",
+    "rust": "fn main (unless the answer has one) + answer code without crate uses + test",
+}
+GO_IMPORTS = re.compile(r"^import\s*\((.*?)^\)[ \t]*$|^import[ \t]+(.+)$", re.M | re.S)
+
+
+def chat_program(lang: str, doc: dict, code: str) -> str:
+    """The program for a chat answer, which holds the whole function (and what it needs) rather than its body."""
+    if lang == "cpp":
+        return _chat_cpp(doc, code) + "\n" + doc["test"]
+    if lang == "java":
+        return _chat_java(doc, code) + "\n" + doc["test"]
+    if lang == "js":
+        return cleanup(code, "js") + "\n" + doc["test"]
+    if lang == "go":
+        imports, code = _chat_go(doc, code)
+        return doc["test_setup"] + "\n" + imports + code + "\n" + doc["test"]
+    code = RUST_CRATE_USES.sub("", code)
+    return ("" if re.search(r"\bfn\s+main\s*\(", code) else RUST_MAIN) + code + doc["test"]
+
+
+def chat_source(lang: str, doc: dict, code: str) -> harness.TestSource:
+    """The same program for a chat answer, under the language's test harness (the tests after the answer)."""
+    if lang == "cpp":
+        return harness.cpp_tests_after(_chat_cpp(doc, code) + "\n", doc["test"])
+    if lang == "java":
+        return harness.java_tests(chat_program(lang, doc, code), "Main")
+    if lang == "js":
+        return harness.js_tests(doc["prompt"], cleanup(code, "js") + "\n", doc["test"], whole_answer=True)
+    if lang == "go":
+        imports, code = _chat_go(doc, code)
+        return harness.go_tests(doc["test_setup"], imports, code, doc["test"])
+    return harness.rust_tests("", RUST_CRATE_USES.sub("", code), doc["test"])
+
+
+def _chat_cpp(doc: dict, code: str) -> str:
+    preamble = "".join(line + "\n" for line in re.findall(r"^(?:#include\b|using namespace\b).*$",
+                                                            doc["prompt"], re.M))
+    code = cleanup(_instruct.cut_at_line(code, r"^\s*int\s+main\s*\("), "cpp")
+    return "".join(s + "\n" for s in CPP_INCLUDES) + preamble + code
+
+
+def _chat_java(doc: dict, code: str) -> str:
+    """The test is public class Main in Main.java: the answer's class cannot be public."""
+    code = re.sub(r"\bpublic\s+(?=(?:final\s+)?class\s+Solution\b)", "", code)
+    imports = "".join(line + "\n" for line in re.findall(r"^import\b.*$", doc["prompt"], re.M))
+    return imports + cleanup(code, "java")
+
+
+def _chat_go(doc: dict, code: str) -> tuple[str, str]:
+    """The import block for the packages a chat answer uses (its own imports and CodeGeeX's), and its code."""
+    specs = [spec.strip() for m in GO_IMPORTS.finditer(code) for spec in (m[1] or m[2]).splitlines()]
+    code = re.sub(r"^package\s+\w+[ \t]*$", "", GO_IMPORTS.sub("", code), flags=re.M)
+    code = _instruct.cut_at_line(code, r"^func\s+main\s*\(")
+    uncommented = re.sub(r"//.*", "", code)  # "a list of strings." in a comment does not use strings
+    used: dict[str, str] = {}
+    for spec in [s for s in specs if s and not s.startswith("//")] + [f'"{p}"' for p in GO_PACKAGES]:
+        alias, _, path = spec.rpartition(" ")
+        path = path.strip('"')
+        name = alias or path.split("/")[-1]
+        if f'"{path}"' not in doc["test_setup"] and re.search(rf"\b{re.escape(name)}\.", uncommented):
+            used.setdefault(path, spec)
+    imports = ("import (\n" + "".join(f"    {spec}\n" for spec in used.values()) + ")\n") if used else ""
+    return imports, code.strip("\n")
 
 
 def cleanup(code: str, lang: str) -> str:

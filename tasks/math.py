@@ -10,20 +10,30 @@ from evalkit.math_equivalence import DEFAULT_TIMEOUT_S, answers_equivalent
 from evalkit.metrics import accuracy_metrics
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.tasks import Scored, Task, TaskError, register
-from tasks import _prompts
+from tasks import _instruct, _prompts
 
 HUB_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
                 "prealgebra", "precalculus")  # EleutherAI/hendrycks_math configs
-EXTRACTION = "last balanced \\boxed{} (or \\fbox), then 'final answer is ...', then the last number"
-CHECKER = ("normalised string match, then exact number match, then math-verify (parse + verify) in a "
-           "worker process under a per-check wall-clock limit; over the limit -> verdict 'timeout'")
+EXTRACTION = ("math-verify's order: Minerva's 'final answer is X. I hope it is correct'; then the later of the "
+              "last balanced \\boxed{} (or \\fbox) and 'final answer is X'; then the later of the last math span "
+              "($..$, \\(..\\), \\[..\\], bare \\frac{a}{b}) and the last number after a space or '='")
+CHECKER = ("normalised string match, then exact number match (both accept only what math-verify accepts), then "
+           "math-verify (parse + verify of '$\\boxed{answer}$') in a worker process under a per-check wall-clock "
+           "limit; over the limit -> verdict 'timeout'")
+REFERENCE = ("math-verify, as lm-eval's minerva_math500 calls it; deliberate difference: a final answer stated "
+             "without $...$ is read whole (math-verify reads no LaTeX there, or only the leading number)")
 
 
 class MathAnswerTask(Task):
     """A problem with one final answer, judged by answer equivalence. Subclasses load the rows."""
 
     prompt_variants = ("minerva", "boxed")
+    supports_chat = True
     max_tokens_by_prompt = {"minerva": 1024, "boxed": 2048}
+
+    def __init__(self, data, prompt: str | None = None, chat: bool = False, **options) -> None:
+        # The instruct variant is the boxed instruction, unless --prompt minerva asks for the exemplars as turns.
+        super().__init__(data, prompt=prompt or ("boxed" if chat else None), chat=chat, **options)
 
     def request(self, doc: dict) -> GenerationRequest:
         if self.prompt_variant == "minerva":
@@ -35,6 +45,12 @@ class MathAnswerTask(Task):
             if last_boxed(reference) != doc["answer"]:  # e.g. AIME solutions box other things, or nothing
                 reference += f"\n\nThe final answer is $\\boxed{{{doc['answer']}}}$."
         max_tokens = self.max_tokens_by_prompt[self.prompt_variant]
+        if self.chat:
+            if self.prompt_variant == "minerva":
+                messages = _instruct.turns(_prompts.MINERVA_EXEMPLARS, doc["problem"])
+            else:
+                messages = _instruct.turns((), f"{doc['problem']}\n{_prompts.BOXED_INSTRUCTION}")
+            return _instruct.chat_request(doc["task_id"], messages, "", stop, max_tokens, reference.strip())
         return GenerationRequest(doc["task_id"], prompt, stop, max_tokens, reference)
 
     def judge(self, gold: str, answer: str) -> tuple[bool | None, str]:
@@ -58,6 +74,9 @@ class MathAnswerTask(Task):
 
     def settings(self) -> dict:
         boxed = self.prompt_variant == "boxed"
+        chat = {"prompt": "chat: " + ("the problem, a newline and the instruction as one user turn" if boxed else
+                                      "the 4 exemplars as user (problem) / assistant (solution) turns, then the "
+                                      "problem") + "; no system prompt, no response prefix"} if self.chat else {}
         return {
             "prompt": self.prompt_variant,
             "shots": 0 if boxed else len(_prompts.MINERVA_EXEMPLARS),
@@ -67,9 +86,10 @@ class MathAnswerTask(Task):
             "max_tokens": self.max_tokens_by_prompt[self.prompt_variant],
             "extraction": EXTRACTION,
             "checker": CHECKER,
+            "reference": REFERENCE,
             "check_timeout_s": DEFAULT_TIMEOUT_S,
             "majority_vote": "over equivalence classes of extracted answers (same checker)",
-        }
+        } | chat
 
 
 @register("math")

@@ -10,7 +10,7 @@ every way a verdict can differ from lm-eval's mbpp task (HF code_eval).
 
 from __future__ import annotations
 
-import re
+import ast
 
 from evalkit import harness, languages
 from evalkit.data import HubSplit, load_rows
@@ -18,6 +18,7 @@ from evalkit.execution import run_scored
 from evalkit.requests import GenerationRequest
 from evalkit.sanitize import FENCE, sanitize_python_completion
 from evalkit.tasks import Scored, Task, TaskError, register, timeout_option
+from tasks import _instruct
 
 STOP = ("[DONE]",)
 EXEMPLAR_IDS = (2, 3, 4)
@@ -38,17 +39,28 @@ DELIBERATE_DIFFERENCES = harness.PYTHON_DIFFERENCES | {
 }
 
 
-def entry_points(doc: dict) -> list[str]:
-    """The functions under test: those the reference code defines at its top level and the asserts call."""
-    defined = re.findall(r"^def\s+(\w+)", doc["code"], re.M)
-    called = set(re.findall(r"(?<![\w.])([A-Za-z_]\w*)\s*\(", "\n".join(doc["test_list"])))
-    return [name for name in defined if name in called]
-
-
 def describe_problem(text: str, tests: list[str]) -> str:
     tests_text = "\n".join(tests)
     return (f"You are an expert Python programmer, and here is your task: {text} "
             f"Your code should pass these tests:\n\n{tests_text}\n[BEGIN]\n")
+
+
+def chat_problem(text: str, tests: list[str]) -> str:
+    """The task as the user turn of the instruct variant: the completion prompt's words, without [BEGIN]."""
+    return describe_problem(text, tests).removesuffix("[BEGIN]\n").rstrip("\n")
+
+
+def tested_functions(reference_code: str, tests: list[str]) -> list[str]:
+    """The names the tests call that the reference solution defines: what an answer must define."""
+    try:
+        test_tree, reference_tree = ast.parse("\n".join(tests)), ast.parse(reference_code)
+    except SyntaxError:  # no row of MBPP or MBPP-sanitized; such a row checks nothing here and fails its tests
+        return []
+    called = {node.func.id for node in ast.walk(test_tree)
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    defined = [node.name for node in reference_tree.body
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    return [name for name in defined if name in called]
 
 
 @register("mbpp")
@@ -56,6 +68,7 @@ class MBPP(Task):
     name = "mbpp"
     uses_sandbox = True
     prompt_variants = ("3-shot", "zero-shot")
+    supports_chat = True
     options = {"timeout": timeout_option(TIMEOUT_S, f"{REFERENCE_TIMEOUT_S:g} s (code_eval)")}
     text_field = "text"
     local_file = "mbpp/mbpp.jsonl"
@@ -82,6 +95,13 @@ class MBPP(Task):
         return "\n\n".join(parts + [describe_problem(doc[self.text_field], doc["test_list"])])
 
     def request(self, doc: dict) -> GenerationRequest:
+        if self.chat:  # the same task text; exemplars become turns answered with a fenced block
+            shots = [] if self.prompt_variant == "zero-shot" else self.exemplars
+            pairs = [(chat_problem(s[self.text_field], s["test_list"]), _instruct.fenced(s["code"], "python"))
+                     for s in shots]
+            messages = _instruct.turns(pairs, chat_problem(doc[self.text_field], doc["test_list"]))
+            return _instruct.chat_request(doc["task_id"], messages, _instruct.fence_prefix("python"), _instruct.STOP,
+                                          512, doc["code"].strip("\n") + _instruct.CLOSING_FENCE)
         return GenerationRequest(doc["task_id"], self.prompt(doc), STOP, 512, reference=doc["code"] + "\n[DONE]")
 
     def setup(self, doc: dict) -> tuple[str, str]:
@@ -89,19 +109,34 @@ class MBPP(Task):
         return "", doc.get("test_setup_code") or ""
 
     def program(self, doc: dict, completion: str) -> harness.TestSource:
+        if self.chat:
+            completion = _instruct.code_of("python", completion)
         lines = completion.split("\n")
         if lines and FENCE.match(lines[0]):  # a zero-shot answer in a markdown block
             completion = "\n".join(lines[1:])
         code = sanitize_python_completion("", completion, STOP)
         before, setup = self.setup(doc)
-        return harness.python_tests(before + code, setup, doc["test_list"], entry_points=entry_points(doc))
+        return harness.python_tests(before + code, setup, doc["test_list"],
+                                    entry_points=tested_functions(doc["code"], doc["test_list"]))
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
+        if self.chat:
+            code = _instruct.code_of("python", completion)
+            if why := _instruct.undefined("python", code, tested_functions(doc["code"], doc["test_list"])):
+                return Scored("failed", program=code, error=why)
         source = self.program(doc, completion)
         return run_scored(sandbox, languages.python().tests(source, self.option("timeout")), source.shown)
 
     def settings(self) -> dict:
         zero_shot = self.prompt_variant == "zero-shot"
+        chat = _instruct.code_settings("python", "test setup + answer code + every assert of test_list, python3, "
+                                       "exit 0 and success marker") | {
+            "prompt": "chat: the task text and its tests (as in the completion prompt, without [BEGIN]) as the user "
+                      "turn; " + ("no exemplars" if zero_shot else "the exemplars as turns answered in ```python "
+                                                                    "blocks"),
+            "sanitizer": "first fenced block of response prefix + completion; drop unparsable trailing lines; the "
+                         "functions the tests call (those the reference solution defines) must be defined",
+        } if self.chat else {}
         return {
             "prompt": "zero-shot" if zero_shot else f"3-shot (task ids {list(EXEMPLAR_IDS)}), all tests shown, "
                                                    "[BEGIN]/[DONE]",
@@ -114,7 +149,7 @@ class MBPP(Task):
             "reference_timeout_s": REFERENCE_TIMEOUT_S,
             "reference_scorer": "lm-eval mbpp (HF code_eval)",
             "deliberate_differences": DELIBERATE_DIFFERENCES,
-        }
+        } | chat
 
     def environment(self, sandbox) -> dict:
         return languages.toolchain_environment(sandbox, languages.python())

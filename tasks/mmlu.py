@@ -81,15 +81,19 @@ class MMLU(Task):
 
     def score(self, doc: dict, output: list[float], sandbox=None) -> Scored:
         extra = {"subject": doc["subject"], "gold": _prompts.MMLU_LETTERS[doc["answer"]]}
-        if len(output) != len(CONTINUATIONS) or not all(math.isfinite(x) for x in output):
-            return Scored("error", error=f"expected 4 finite log-likelihoods, got {output!r}", extra=extra)
+        # As lm-eval's argmax: -inf (a choice the model cannot produce) ranks last and the question is scored.
+        # NaN and +inf are no log-probabilities: the backend failed, so the sample is an error, never a guess.
+        if len(output) != len(CONTINUATIONS) or any(math.isnan(x) or x == math.inf for x in output):
+            return Scored("error", error=f"expected 4 log-likelihoods (finite or -inf), got {output!r}", extra=extra)
         best = max(range(len(output)), key=lambda k: output[k])  # first maximum, as numpy's argmax
         return Scored("passed" if best == doc["answer"] else "failed", answer=_prompts.MMLU_LETTERS[best], extra=extra)
 
     def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
         by_subject: dict[str, list[float]] = defaultdict(list)
         for r in records:
-            by_subject[r["extra"]["subject"]].append(float(r["verdict"] == "passed"))
+            # a sample the harness could not judge has no extra: its id names the subject
+            subject = r["extra"].get("subject") or r["task_id"].split("/")[1]
+            by_subject[subject].append(float(r["verdict"] == "passed"))
         per_subject = {}
         for subject, values in sorted(by_subject.items()):
             acc, se = mean_stderr(values)
@@ -117,5 +121,7 @@ class MMLU(Task):
             "shots": self.shots,
             "shots_source": _prompts.MMLU_SOURCE,
             "continuations": list(CONTINUATIONS),
-            "scoring": "argmax of the continuations' log-likelihoods (first maximum on ties), unnormalised",
+            "scoring": "argmax of the continuations' log-likelihoods (first maximum on ties), unnormalised; "
+                       "-inf ranks last; NaN or +inf is an error",
+            "reference": "lm-eval 0.4 mmlu (acc = argmax == gold); equal on every sample with finite or -inf values",
         }

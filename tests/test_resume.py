@@ -37,7 +37,7 @@ def slow_replay(tmp_path_factory, data_dir) -> Path:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "evalkit.cli", "run", *args, "--no-progress", "--sandbox-workers", "1",
-            "--batch-size", "2"]
+            "--requests-per-call", "2"]
 
 
 def lines(path: Path) -> list[dict]:
@@ -67,7 +67,7 @@ def clean_run(slow_replay, tmp_path_factory) -> tuple[Path, dict]:
     """The same replay, uninterrupted: what every resumed run must end up equal to."""
     opts = RunOptions(model=f"replay:{slow_replay}", tasks=["humaneval"], limit=N,
                       output_dir=tmp_path_factory.mktemp("clean"), data=DataConfig.from_options(),
-                      sandbox_workers=1, batch_size=2)
+                      sandbox_workers=1, requests_per_call=2)
     return run_evaluation(opts, progress=False, log=lambda m: None)
 
 
@@ -105,7 +105,7 @@ def test_ctrl_c_says_how_to_resume(slow_replay, tmp_path):
     run_dir, proc = start_and_stop(args, out, signal.SIGINT, after_samples=2)
     stderr = proc.stderr.read()
     assert proc.returncode == 130
-    assert f"--resume {run_dir}" in stderr
+    assert f"evalkit run --resume {run_dir}" in stderr
     assert "Traceback" not in stderr
 
 
@@ -116,7 +116,7 @@ def test_torn_last_line_is_redone(slow_replay, clean_run, tmp_path):
     samples_file.write_text("".join(kept) + kept[-1][:40])  # a line cut short by a crash or a full disk
     (run_dir / "results.json").unlink()
     opts = RunOptions(model=f"replay:{slow_replay}", tasks=["humaneval"], limit=N, resume=run_dir,
-                      data=DataConfig.from_options(), sandbox_workers=1, batch_size=2)
+                      data=DataConfig.from_options(), sandbox_workers=1, requests_per_call=2)
     _, results = run_evaluation(opts, progress=False, log=lambda m: None)
     assert results["tasks"] == clean_run[1]["tasks"]
     assert len(lines_ignoring_torn(samples_file)) == N
@@ -154,7 +154,7 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path, monkeypatch):
         return real_append(self, name, rows)
 
     opts = RunOptions(model="reference", tasks=["humaneval"], limit=40, output_dir=tmp_path,
-                      data=DataConfig.from_options(), batch_size=8)
+                      data=DataConfig.from_options(), requests_per_call=8)
     monkeypatch.setattr(RunStore, "append", append_until_disk_full)
     with pytest.raises(RunInterrupted) as stopped:
         run_evaluation(opts, progress=False, log=lambda m: None)
