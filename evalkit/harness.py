@@ -13,7 +13,8 @@ Each language also keeps the tests out of the completion's reach where the refer
 - C++: the tests' `main` comes before the completion, so its macros (`#define assert(x)`) cannot reach them;
   they use a trusted `assert` whose failure path makes raw system calls, which a completion cannot interpose.
   The secret is read by the first `.preinit_array` entry (it runs before every static initializer), and the
-  harness's names are `#pragma GCC poison`ed before the completion.
+  harness's names are `#pragma GCC poison`ed before the completion. A chat answer holds the whole program,
+  types included, so its tests follow it (`cpp_tests_after`).
 - Java: a harness class is the entry point: it reads the secret into a local variable of its `main` before
   any class of the program is loaded, then calls the tests' `main`.
 - JavaScript: a harness module reads the secret into its own scope and loads the program; the program's tests
