@@ -289,15 +289,22 @@ def evalkit_argv(ckpt: Path, mirror: Path, batch: int, out: Path, max_tokens: in
             "--max-tokens", str(max_tokens), "--output-path", str(out), "--no-progress"]
 
 
-def timed(argv: list[str], env: dict[str, str], log: Path) -> float:
+def timed(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, list[float]]:
+    """Wall time of one whole process, and the 1-minute load average sampled every 2 s while it ran."""
     start = time.perf_counter()
+    loads = [os.getloadavg()[0]]
     with open(log, "w") as f:
-        proc = subprocess.run(argv, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=log.parent)
+        proc = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=log.parent)
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                loads.append(os.getloadavg()[0])
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
         sys.exit(f"{argv[2]} failed (exit {proc.returncode}); the end of {log}:\n" + "\n".join(tail))
-    return seconds
+    return seconds, loads
 
 
 # --- reading both harnesses' per-sample records -------------------------------------------------------------
@@ -374,9 +381,8 @@ def agreement(a: dict[str, list[dict]], b: dict[str, list[dict]]) -> dict[str, s
     return out
 
 
-def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load {one:.1f}/{five:.1f} (1/5 min avg, {os.cpu_count()} CPUs)"
+def _spread(loads: list[float]) -> str:
+    return f"{min(loads):.1f}-{max(loads):.1f} (mean {sum(loads) / len(loads):.1f})"
 
 
 def main() -> None:
@@ -414,7 +420,7 @@ def main() -> None:
           f"greedy, at most {args.max_tokens} new tokens; float32 on CPU; {args.repeats} timed run(s) per harness "
           f"and case, interleaved")
     print(f"lm-eval {_version('lm_eval')}, transformers {_version('transformers')}, torch {torch.__version__}; "
-          f"work dir {work}")
+          f"work dir {work}; 1-min load now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     records: dict[tuple[str, str, int], dict] = {}
     for arch in archs:
@@ -424,7 +430,7 @@ def main() -> None:
             CHECKPOINTS[arch](ckpt)
         for batch in batches:
             times: dict[str, list[float]] = {"lm-eval": [], "evalkit": []}
-            loads = []
+            loads: dict[str, list[float]] = {"lm-eval": [], "evalkit": []}
             for rep in range(args.repeats):
                 order = ["lm-eval", "evalkit"] if rep % 2 == 0 else ["evalkit", "lm-eval"]
                 for harness in order:
@@ -433,15 +439,16 @@ def main() -> None:
                     out.mkdir(parents=True)
                     argv = (lm_eval_argv(ckpt, work / "lm_eval_tasks", batch, out) if harness == "lm-eval"
                             else evalkit_argv(ckpt, mirror, batch, out, args.max_tokens))
-                    times[harness].append(timed(argv, env, out / "log.txt"))
-                    loads.append(os.getloadavg()[0])
+                    seconds, during = timed(argv, env, out / "log.txt")
+                    times[harness].append(seconds)
+                    loads[harness] += during
                     if rep == 0:
                         read = read_lm_eval if harness == "lm-eval" else read_evalkit
                         records[(arch, harness, batch)] = read(out, items)
             theirs, ours = min(times["lm-eval"]), min(times["evalkit"])
             print(f"\n{arch}, batch {batch}: lm-eval {theirs:6.1f} s, evalkit {ours:6.1f} s -> evalkit "
-                  f"{theirs / ours:.2f}x faster  [{load()}; 1-min load during the runs "
-                  f"{min(loads):.1f}-{max(loads):.1f}]")
+                  f"{theirs / ours:.2f}x faster  [1-min load while lm-eval ran {_spread(loads['lm-eval'])}, "
+                  f"while evalkit ran {_spread(loads['evalkit'])}; {os.cpu_count()} CPUs]")
             for task, text in agreement(records[(arch, "lm-eval", batch)], records[(arch, "evalkit", batch)]).items():
                 print(f"  {task:10s} evalkit vs lm-eval: {text}")
         if len(batches) > 1:
