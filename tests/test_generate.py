@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from evalkit.models.generate import GenerationJob, generate, generate_batch
+from evalkit.models.logits import vocab_logits
 from evalkit.models.mamba2 import Mamba2Config, Mamba2LM
 from evalkit.models.mistral import Mistral, MistralConfig
 
@@ -164,3 +165,16 @@ def test_cuda_graphs_give_the_eager_tokens(model, dtype):
             warnings.filterwarnings("error", message="CUDA graph capture failed")  # no silent eager fallback
             graphed = run(gpu, job_list, batch_size=5, cuda_graphs=True, **sampling)
         assert graphed == plain
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vocab_logits_is_the_linear_head(dtype):
+    """The head's CPU route for a few rows (weight @ hidden.T) against F.linear, for 1 to 20 rows."""
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(1000, 64, generator=gen).to(dtype)
+    for rows in (1, 2, 3, 8, 15, 16, 20):
+        hidden = torch.randn(rows, 1, 64, generator=gen).to(dtype)
+        got = vocab_logits(hidden, weight)
+        expected = torch.nn.functional.linear(hidden.float(), weight.float())
+        assert got.shape == (rows, 1, 1000) and got.dtype == torch.float32 and got.is_contiguous()
+        assert (got - expected).abs().max() < (1e-4 if dtype == torch.float32 else 0.25)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evalkit.models.checkpoint import CheckpointError, load_weights, read_config, stored_dtype
+from evalkit.models.logits import vocab_logits
 
 
 @dataclass(frozen=True)
@@ -521,7 +522,7 @@ class Mamba2LM(nn.Module):
 
     def _logits(self, residual: Tensor) -> Tensor:
         weight = self.backbone.embeddings.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(self.backbone.norm_f(residual), weight).float()
+        return vocab_logits(self.backbone.norm_f(residual), weight)
 
     def forward(self, input_ids: Tensor, last_only: bool = False) -> Tensor:
         """Logits (b, t, vocab) float32 for a batch of equal-length sequences, from an empty state."""

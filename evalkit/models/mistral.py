@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evalkit.models.checkpoint import CheckpointError, load_weights, read_config, stored_dtype
+from evalkit.models.logits import vocab_logits
 
 # Queries per attention block in prefill. A block of b queries reads b + W - 1 keys, of which each query
 # sees W: smaller blocks waste less (11% at 128 with W=1024), larger ones pay less per-call overhead.
@@ -526,7 +527,7 @@ class Mistral(nn.Module):
         for i, layer in enumerate(self.layers):
             layer_plan = last if i == len(self.layers) - 1 else plan
             x = layer(x, rope, layer_plan, None if cache is None else (cache.k[i], cache.v[i]))
-        return self.output(self.norm(x)).float()
+        return vocab_logits(self.norm(x), self.output.weight)
 
 
 # ----------------------------------------------------------------------------------------- loading
