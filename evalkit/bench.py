@@ -39,13 +39,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from evalkit.errors import EvalkitError
+
 ARCHS = ("mamba2", "swa", "full")
 MIB = 1 << 20
 # Share of the memory budget a size may be predicted to use; the rest absorbs extrapolation error.
 FIT_MARGIN = 0.9
 
 
-class BenchError(ValueError):
+class BenchError(EvalkitError, ValueError):
     """A bad preset, config file or option."""
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from evalkit.errors import EvalkitError
 
 app = typer.Typer(
     help="Evaluate code and math models on HumanEval, MBPP, CRUXEval, Spider, MATH, GSM8K, MMLU and AIME 2024.\n\n"
@@ -24,88 +25,119 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from evalkit.backends import BackendError
-    from evalkit.sandbox import SandboxError
-    from evalkit.store import RunStoreError
-    from evalkit.tasks import TaskError
+MODEL, TASKS, SAMPLING, DATA, EXECUTION, OUTPUT = "Model", "Tasks and prompts", "Sampling", "Data", "Execution", \
+    "Output"
 
-    errors: list[type[BaseException]] = [BackendError, SandboxError, RunStoreError, TaskError]
-    try:
-        from evalkit.models.checkpoint import CheckpointError
 
-        errors.append(CheckpointError)
-    except ImportError:
-        pass
-    return tuple(errors)
+def _probability(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"{value} is not in (0, 1]")
+    return value
+
+
+def _deprecated(old: str, new: str) -> None:
+    typer.secho(f"note: {old} is deprecated; use {new}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
 def run(
-    model: Annotated[str, typer.Option(help="`reference` (canonical solutions: the harness self-check), "
-                                            "`replay:FILE.jsonl` (completions made elsewhere), a model name "
-                                            "(codestral-mamba, mistral-7b, mathstral, ...) or a checkpoint folder.")],
-    tasks: Annotated[str, typer.Option(help="Comma-separated task names; `evalkit tasks` lists them.")],
-    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N problems of each task.")] = None,
-    samples: Annotated[int, typer.Option(help="Samples per problem (pass@k is reported for k <= samples).")] = 1,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Run seed; each sample's seed derives from it, the problem and the "
-                                           "sample index, so resumed runs draw the same samples.")] = 1234,
-    max_tokens: Annotated[int | None, typer.Option(help="Override each task's generation length limit.")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Prompt variant for the tasks that have several (e.g. `boxed` "
-                                                    "for math, `zero-shot` for mbpp), or per task: "
-                                                    "`math=minerva,mbpp=zero-shot`.")] = None,
-    output_dir: Annotated[Path, typer.Option(help="Where run folders are created.")] = Path("results/runs"),
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder: finished samples are "
-                                                     "neither regenerated nor re-executed.")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Local benchmark mirror (default: $EVALKIT_DATA_DIR; "
-                                                      "without one, data comes from the Hugging Face hub).")] = None,
-    hub: Annotated[bool, typer.Option(help="Load data from the Hugging Face hub even where a package "
-                                           "bundles a copy (HumanEval).")] = False,
-    dataset_revision: Annotated[str | None, typer.Option(help="Pin the hub dataset revision.")] = None,
-    spider_db_dir: Annotated[Path | None, typer.Option(help="Folder with database/<db_id>/<db_id>.sqlite "
-                                                            "(the official Spider download).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Problems per backend call.")] = 8,
-    dtype: Annotated[str | None, typer.Option(help="Native models: float32 or bfloat16.")] = None,
-    device: Annotated[str | None, typer.Option(help="Native models: cpu or cuda.")] = None,
-    sandbox_workers: Annotated[int | None, typer.Option(help="Sandbox containers (default: CPU count).")] = None,
+    model: Annotated[str, typer.Option(rich_help_panel=MODEL, help=(
+        "`reference` (canonical solutions: the harness self-check), `replay:FILE.jsonl` (completions made "
+        "elsewhere), `openai:BASE_URL` (an OpenAI-compatible server), `hf:PATH_OR_REPO` (a transformers "
+        "checkpoint), a model name (codestral-mamba, mistral-7b, mathstral, ...) or a checkpoint folder. "
+        "Optional with --resume, which reads it from the run folder."))] = "",
+    tasks: Annotated[str, typer.Option(rich_help_panel=TASKS, help=(
+        "Comma-separated task names; `evalkit tasks` lists them. Optional with --resume."))] = "",
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, rich_help_panel=MODEL, help="Sequences the model decodes together (lm-eval's --batch_size); "
+        "the backend's default when unset. Outputs do not depend on it.")] = None,
+    dtype: Annotated[str | None, typer.Option(rich_help_panel=MODEL,
+                                              help="float32 or bfloat16 (native models).")] = None,
+    device: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help="cpu or cuda (native models).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, rich_help_panel=TASKS,
+                                              help="Evaluate only the first N problems of each task.")] = None,
+    prompt: Annotated[str | None, typer.Option(rich_help_panel=TASKS, help=(
+        "Prompt variant for the tasks that have several (`evalkit tasks` lists them, e.g. `boxed` for math, "
+        "`zero-shot` for mbpp), or per task: `math=minerva,mbpp=zero-shot`."))] = None,
+    chat: Annotated[bool, typer.Option(rich_help_panel=TASKS, help=(
+        "Prompt as an instruct model: render each task's chat variant with the model's chat format."))] = False,
+    task_option: Annotated[list[str] | None, typer.Option(rich_help_panel=TASKS, help=(
+        "A task setting, KEY=VALUE for every task that takes KEY or TASK:KEY=VALUE for one (e.g. "
+        "`timeout=30`); `evalkit tasks` lists each task's options. Repeatable."))] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, rich_help_panel=TASKS,
+                                                   help="Override each task's generation length limit.")] = None,
+    n_samples: Annotated[int, typer.Option(min=1, rich_help_panel=SAMPLING, help=(
+        "Samples per problem (evalplus' n_samples); pass@k is reported for k <= n."))] = 1,
+    samples: Annotated[int | None, typer.Option(min=1, hidden=True, help="Deprecated: --n-samples.")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, rich_help_panel=SAMPLING,
+                                               help="Sampling temperature; 0 is greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(callback=_probability, rich_help_panel=SAMPLING,
+                                         help="Nucleus sampling threshold, in (0, 1].")] = 1.0,
+    seed: Annotated[int, typer.Option(rich_help_panel=SAMPLING, help=(
+        "Run seed; each sample's seed derives from it, the problem and the sample index, so resumed runs "
+        "draw the same samples."))] = 1234,
+    data_dir: Annotated[str | None, typer.Option(rich_help_panel=DATA, help=(
+        "Local benchmark mirror (default: $EVALKIT_DATA_DIR; without one, data comes from the Hugging Face "
+        "hub)."))] = None,
+    hub: Annotated[bool, typer.Option(rich_help_panel=DATA, help=(
+        "Load data from the Hugging Face hub even where a package bundles a copy (HumanEval)."))] = False,
+    dataset_revision: Annotated[str | None, typer.Option(rich_help_panel=DATA,
+                                                         help="Pin the hub dataset revision.")] = None,
+    spider_db_dir: Annotated[Path | None, typer.Option(rich_help_panel=DATA, help=(
+        "Folder with database/<db_id>/<db_id>.sqlite (the official Spider download)."))] = None,
+    sandbox_workers: Annotated[int | None, typer.Option(min=1, rich_help_panel=EXECUTION,
+                                                        help="Sandbox containers (default: CPU count).")] = None,
+    requests_per_call: Annotated[int, typer.Option(min=1, rich_help_panel=EXECUTION, help=(
+        "Problems handed to the backend at once; their samples are executed while the next ones are "
+        "generated."))] = 8,
     unsafe_local_execution: Annotated[bool, typer.Option(
-        "--unsafe-local-execution",
+        "--unsafe-local-execution", rich_help_panel=EXECUTION,
         help="Run generated code on this machine WITHOUT a sandbox. Only for completions you trust.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    output_path: Annotated[Path, typer.Option("--output-path", "-o", rich_help_panel=OUTPUT,
+                                              help="Where run folders are created.")] = Path("results/runs"),
+    output_dir: Annotated[Path | None, typer.Option(hidden=True, help="Deprecated: --output-path.")] = None,
+    resume: Annotated[Path | None, typer.Option(rich_help_panel=OUTPUT, help=(
+        "Continue the run in this folder with its recorded settings: finished samples are neither "
+        "regenerated nor re-executed; samples that ended in `error` are done again."))] = None,
+    progress: Annotated[bool, typer.Option(rich_help_panel=OUTPUT, help="Show progress bars.")] = True,
 ) -> None:
     """Evaluate a model on tasks and write a run folder (results.json, samples.jsonl)."""
     from evalkit.data import DataConfig
     from evalkit.requests import SamplingParams
     from evalkit.runner import RunInterrupted, RunOptions, run_evaluation
 
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
-    if not task_list:
-        fail("--tasks is empty; `evalkit tasks` lists the available tasks")
-    if samples < 1:
-        fail("--samples must be at least 1")
-    if temperature == 0.0 and samples > 1 and not model.startswith(("replay:", "reference")):
-        typer.secho("warning: --samples > 1 at temperature 0 draws identical greedy samples", err=True)
+    if samples is not None:
+        _deprecated("--samples", "--n-samples")
+        n_samples = samples
+    if output_dir is not None:
+        _deprecated("--output-dir", "--output-path")
+        output_path = output_dir
+    task_list = comma_list(tasks)
+    if not model or not task_list:
+        fail("--model and --tasks are required (`evalkit tasks` lists the tasks)")
     try:
         opts = RunOptions(
-            model=model, tasks=task_list, limit=limit, output_dir=output_dir, resume=resume,
-            sampling=SamplingParams(n=samples, temperature=temperature, top_p=top_p, seed=seed),
+            model=model, tasks=task_list, limit=limit, output_dir=output_path, resume=resume,
+            sampling=SamplingParams(n=n_samples, temperature=temperature, top_p=top_p, seed=seed),
             data=DataConfig.from_options(data_dir, hub=hub, revision=dataset_revision, spider_db_dir=spider_db_dir),
-            batch_size=batch_size, max_tokens=max_tokens, unsafe_local=unsafe_local_execution,
-            sandbox_workers=sandbox_workers, task_options={"prompt_variant": parse_per_task(prompt)},
-            backend_options={k: v for k, v in {"dtype": dtype, "device": device, "batch_size": batch_size}.items()
-                             if v is not None and not model.startswith(("replay:", "reference"))},
+            requests_per_call=requests_per_call, max_tokens=max_tokens, unsafe_local=unsafe_local_execution,
+            sandbox_workers=sandbox_workers, prompt=parse_per_task(prompt), chat=chat,
+            task_options=parse_task_options(task_option or []),
+            backend_options={"dtype": dtype, "device": device, "batch_size": batch_size},
         )
         path, results = run_evaluation(opts, progress=progress, log=lambda m: typer.echo(m, err=True))
     except RunInterrupted as e:
         typer.secho(f"\ninterrupted ({type(e.cause).__name__}: {e.cause}). Finished samples are saved in {e.path}; "
                     f"continue with the same command plus --resume {e.path}", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130 if isinstance(e.cause, KeyboardInterrupt) else 1) from None
-    except _known_errors() as e:
+    except EvalkitError as e:
         fail(str(e))
     typer.echo(format_results(results))
     typer.echo(f"\nwrote {path / 'results.json'} and {path / 'samples.jsonl'}")
+
+
+def comma_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
 def parse_per_task(value: str | None) -> str | dict[str, str] | None:
@@ -116,6 +148,28 @@ def parse_per_task(value: str | None) -> str | dict[str, str] | None:
     if any(len(p) != 2 or not p[0].strip() for p in pairs):
         fail(f"cannot read {value!r}: write one value, or task=value pairs separated by commas")
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+def parse_task_options(items: list[str]) -> dict[str, str | dict[str, str]]:
+    """["timeout=30", "mbpp:timeout=3"] -> {"timeout": {"mbpp": "3"}}: a per-task value wins over a plain one
+    for that task; the plain value goes to the others that take the option."""
+    plain: dict[str, str] = {}
+    per_task: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"cannot read --task-option {item!r}: write KEY=VALUE or TASK:KEY=VALUE")
+        task, _, name = key.strip().rpartition(":")
+        if task:
+            per_task.setdefault(name, {})[task] = value.strip()
+        else:
+            plain[name] = value.strip()
+    out: dict[str, str | dict[str, str]] = dict(plain)
+    for name, values in per_task.items():
+        if name in plain:
+            fail(f"--task-option {name} is given both for every task and for {', '.join(values)}; give one form")
+        out[name] = values
+    return out
 
 
 def format_results(results: dict) -> str:
@@ -134,12 +188,21 @@ def format_results(results: dict) -> str:
 
 @app.command("tasks")
 def list_tasks() -> None:
-    """List the available tasks."""
-    from evalkit.tasks import _REGISTRY, broken_task_modules, task_names
+    """List the available tasks, with their prompt variants (* marks the default), chat variant and options."""
+    from evalkit.tasks import broken_task_modules, task_class, task_description, task_names
 
     for name in task_names():
-        doc = (sys.modules[_REGISTRY[name].__module__].__doc__ or "").strip().splitlines()
-        typer.echo(f"{name:24s} {doc[0] if doc else ''}")
+        cls = task_class(name)
+        typer.echo(f"{name:20s} {task_description(name)}")
+        declared = []
+        if cls.prompt_variants:
+            variants = [v + ("*" if i == 0 else "") for i, v in enumerate(cls.prompt_variants)]
+            declared.append(f"--prompt {'|'.join(variants)}")
+        if cls.supports_chat:
+            declared.append("--chat")
+        declared += [f"--task-option {key}={spec.default} ({spec.help})" for key, spec in cls.options.items()]
+        if declared:
+            typer.echo(f"{'':20s}   {'; '.join(declared)}")
     for module, why in broken_task_modules().items():
         typer.secho(f"warning: task module tasks/{module}.py failed to import: {why}", fg=typer.colors.YELLOW, err=True)
 
@@ -207,18 +270,24 @@ def sandbox_check() -> None:
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (each with results.json), one row each.",
                                                    show_default=False)],
-    out: Annotated[Path, typer.Option(help="Report file: .md (plots written beside it in NAME_files/) or "
-                                           ".html (one self-contained page, plots embedded).")],
+    output_path: Annotated[Path | None, typer.Option("--output-path", "-o", help=(
+        "Report file: .md (plots written beside it in NAME_files/) or .html (one self-contained page, plots "
+        "embedded)."))] = None,
     bench: Annotated[Path | None, typer.Option(help="Folder written by `evalkit bench`: adds its throughput, "
                                                     "latency and memory curves.")] = None,
+    out: Annotated[Path | None, typer.Option(hidden=True, help="Deprecated: --output-path.")] = None,
 ) -> None:
     """Leaderboard of runs: models as rows, task metrics (± stderr) as columns, differing settings flagged."""
     from evalkit.report import write_report
-    from evalkit.store import RunStoreError
 
+    if out is not None:
+        _deprecated("--out", "--output-path")
+        output_path = out
+    if output_path is None:
+        fail("--output-path is required: the report file, ending in .md or .html")
     try:
-        path = write_report(run_dirs, out, bench)
-    except (RunStoreError, ValueError, FileNotFoundError) as e:
+        path = write_report(run_dirs, output_path, bench)
+    except (EvalkitError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(f"wrote {path}")
 
@@ -231,12 +300,12 @@ def compare(
     max_listed: Annotated[int | None, typer.Option(help="List at most this many flipped samples per kind.")] = None,
 ) -> None:
     """Per-task metric deltas between two runs, and which problems (samples) flipped between pass and fail."""
-    from evalkit.compare import compare_runs, format_comparison, load_run
-    from evalkit.store import RunStoreError
+    from evalkit.compare import compare_runs, format_comparison
+    from evalkit.store import load_run
 
     try:
-        comparison = compare_runs(load_run(a), load_run(b), _task_list(tasks))
-    except RunStoreError as e:
+        comparison = compare_runs(load_run(a), load_run(b), comma_list(tasks) or None)
+    except EvalkitError as e:
         fail(str(e))
     typer.echo(format_comparison(comparison, max_listed))
 
@@ -259,16 +328,14 @@ def gate(
 
     Tests: exact McNemar on flipped problems (1 sample each); paired bootstrap otherwise. See docs/ci-gate.md.
     """
-    from evalkit.compare import load_run
     from evalkit.gate import IncomparableRuns, format_gate, gate_runs
-    from evalkit.store import RunStoreError
-    from evalkit.tasks import TaskError
+    from evalkit.store import load_run
 
     try:
-        result = gate_runs(load_run(baseline), load_run(candidate), max_drop, confidence, _task_list(tasks))
+        result = gate_runs(load_run(baseline), load_run(candidate), max_drop, confidence, comma_list(tasks) or None)
     except IncomparableRuns as e:
         fail(f"cannot gate {candidate} against {baseline}: {e}")
-    except (RunStoreError, TaskError, ValueError) as e:
+    except (EvalkitError, ValueError) as e:
         fail(str(e))
     typer.echo(format_gate(result))
     raise typer.Exit(1 if result.failed else 0)
@@ -294,8 +361,9 @@ def bench(
     max_memory: Annotated[float | None, typer.Option(help="Memory budget in GiB (default: what is available); "
                                                           "a curve stops at the first size that would exceed "
                                                           "it.")] = None,
-    out_dir: Annotated[Path | None, typer.Option(help="Where bench.json, bench.csv and the PNG plots go "
-                                                      "(default: results/bench/PRESET-DEVICE).")] = None,
+    output_path: Annotated[Path | None, typer.Option("--output-path", "-o", help=(
+        "Folder for bench.json, bench.csv and the PNG plots (default: results/bench/PRESET-DEVICE)."))] = None,
+    out_dir: Annotated[Path | None, typer.Option(hidden=True, help="Deprecated: --output-path.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Throughput against context length for Mamba-2, the sliding-window transformer and full attention:
@@ -309,6 +377,9 @@ def bench(
 
     from evalkit.bench import BenchError, format_summary, load_config, run_bench, write_outputs
 
+    if out_dir is not None:
+        _deprecated("--out-dir", "--output-path")
+        output_path = out_dir
     try:
         cfg = load_config(preset, config)
         overrides = {k: v for k, v in {"dtype": dtype, "repeats": repeats}.items() if v is not None}
@@ -319,14 +390,10 @@ def bench(
         result = run_bench(cfg, device, threads, arch_list, max_memory, progress)
     except (BenchError, ValueError) as e:
         fail(str(e))
-    target = out_dir or Path("results/bench") / f"{preset if config is None else config.stem}-{device}"
+    target = output_path or Path("results/bench") / f"{preset if config is None else config.stem}-{device}"
     paths = write_outputs(result, target)
     typer.echo(format_summary(result))
     typer.echo(f"\nwrote {', '.join(str(p) for p in paths)}")
-
-
-def _task_list(tasks: str | None) -> list[str] | None:
-    return None if tasks is None else [t.strip() for t in tasks.split(",") if t.strip()]
 
 
 def main() -> None:  # pragma: no cover

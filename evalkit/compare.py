@@ -1,160 +1,22 @@
 """Comparing run folders: which settings differ, how each task's metrics moved, and which samples flipped.
 
-`evalkit compare`, `evalkit report` and `evalkit gate` all read runs through `load_run` and judge whether
-two runs measured the same thing through `task_settings`.
+`evalkit compare`, `evalkit report` and `evalkit gate` all read runs through `store.load_run` and judge
+whether two runs measured the same thing through `evalkit.experiment`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import textwrap
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from evalkit.store import RunStore, RunStoreError
+from evalkit.errors import RunStoreError
+from evalkit.experiment import differing_settings, moves_scores
+from evalkit.store import Run, load_run, natural_key
 
-# Config sections that describe where a run happened rather than what it measured.
-PROVENANCE_SECTIONS = ("packages", "git", "sandbox")
-# Config entries that name the model; they differ between the runs one compares, by design. How a backend
-# ran the model (dtype, device) is compared.
-IDENTITY_SECTIONS = ("model",)
-BACKEND_IDENTITY = ("name", "model", "path", "file", "sha256", "config_sha256", "arch", "tokenizer")
-
-
-@dataclass
-class Run:
-    """A finished run folder: its results.json, and its samples.jsonl read on first use."""
-
-    path: Path
-    results: dict
-    _samples: list[dict] | None = field(default=None, repr=False)
-
-    @property
-    def run_id(self) -> str:
-        return self.results.get("run_id", self.path.name)
-
-    @property
-    def model(self) -> str:
-        return self.results.get("model", "?")
-
-    @property
-    def config(self) -> dict:
-        return self.results.get("config", {})
-
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.results.get("tasks", {}))
-
-    @property
-    def label(self) -> str:
-        """A short name for tables: the model, with the file or folder name instead of a full path."""
-        model = self.model
-        if model.startswith("replay:"):
-            return "replay:" + Path(model[len("replay:"):]).name
-        return Path(model).name if "/" in model else model
-
-    def samples(self, task: str) -> list[dict]:
-        """The task's scored samples, ordered by problem and sample index."""
-        if self._samples is None:
-            self._samples = list(RunStore(self.path).samples().values())
-        rows = [s for s in self._samples if s["task"] == task]
-        return sorted(rows, key=lambda s: (natural_key(s["task_id"]), s["sample_index"]))
-
-
-def natural_key(task_id: object) -> tuple:
-    """Sort key that puts HumanEval/2 before HumanEval/10."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(task_id)))
-
-
-def load_run(path: str | Path) -> Run:
-    """Read a finished run folder (or the results.json inside one)."""
-    path = Path(path)
-    if path.is_file() and path.name == "results.json":
-        path = path.parent
-    results_file = path / "results.json"
-    if not path.is_dir():
-        raise RunStoreError(f"{path} is not a run folder (no such directory)")
-    if not results_file.exists():
-        state = "unfinished run (run.json but no results.json; finish it with --resume)" if (
-            path / "run.json").exists() else "not an evalkit run folder"
-        raise RunStoreError(f"{path}: {state}")
-    try:
-        results = json.loads(results_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RunStoreError(f"{results_file} is not valid JSON ({e.msg})") from None
-    if not isinstance(results, dict) or not isinstance(results.get("tasks"), dict):
-        raise RunStoreError(f"{results_file} has no per-task results")
-    return Run(path, results)
-
-
-# ------------------------------------------------------------------------------------------ settings
-
-
-def flatten(value: object, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    if isinstance(value, dict) and value:
-        out: dict[str, object] = {}
-        for key, inner in value.items():
-            out.update(flatten(inner, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
-def normalize_dataset(dataset: dict) -> dict:
-    """Dataset provenance without local paths: the same file read from two folders is the same data."""
-    out = dict(dataset)
-    if isinstance(out.get("files"), dict):
-        out["files"] = sorted(out["files"].values())  # the sha256 digests
-    return out
-
-
-def task_settings(config: dict, task: str) -> dict[str, object]:
-    """Everything recorded about `task` that moves its score, flattened: dataset revision, prompt and
-    checker settings, generation limits, sampling, problem limit and the sandbox toolchain."""
-    info = config.get("tasks", {}).get(task, {})
-    sampling = {k: v for k, v in config.get("sampling", {}).items()}
-    if info.get("kind") == "loglikelihood":
-        sampling = {}  # log-likelihood tasks draw no samples
-    out = {"limit": config.get("limit")}
-    out.update(flatten({"sampling": sampling}))
-    for key, value in info.items():
-        if key == "dataset":
-            value = normalize_dataset(value)
-        out.update(flatten({key: value}))
-    return out
-
-
-def comparable_config(config: dict) -> dict[str, object]:
-    """The whole config flattened, with local paths normalized away and the model's identity left out."""
-    out = {}
-    for section, value in config.items():
-        if section in IDENTITY_SECTIONS:
-            continue
-        if section == "backend" and isinstance(value, dict):
-            how = {k: v for k, v in value.items() if k not in BACKEND_IDENTITY}
-            out.update(flatten({section: how}) if how else {})
-            continue
-        if section == "tasks":
-            for task in value:
-                out.update({f"tasks.{task}.{k}": v for k, v in task_settings(config, task).items()
-                            if not k.startswith(("sampling.", "limit"))})
-        else:
-            out.update(flatten({section: value}))
-    return out
-
-
-def differing_settings(configs: Sequence[dict]) -> dict[str, list[object]]:
-    """Settings (flattened keys) whose value is not the same in every config; absent keys read as None."""
-    flat = [comparable_config(c) for c in configs]
-    keys = sorted(set().union(*flat)) if flat else []
-    return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1}
-
-
-def moves_scores(key: str) -> bool:
-    """Whether a differing setting can change scores (as opposed to where or with what the run happened)."""
-    return not key.startswith(PROVENANCE_SECTIONS)
+__all__ = ["Comparison", "Flip", "MetricDelta", "TaskComparison", "compare_runs", "format_comparison", "load_run",
+           "paired_samples"]
 
 
 # ------------------------------------------------------------------------------------------ comparison

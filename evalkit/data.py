@@ -9,11 +9,12 @@ import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalkit.tasks import TaskError
+from evalkit.errors import TaskError
 
 DATA_DIR_ENV = "EVALKIT_DATA_DIR"
 
@@ -59,19 +60,104 @@ def sha256_file(path: Path) -> str:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, row) from a .jsonl or .jsonl.gz file; a malformed line raises TaskError."""
+    """Yield (line number, row) from a .jsonl or .jsonl.gz file; a malformed line or file raises TaskError."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                yield lineno, row
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}:{lineno + 1}: not UTF-8 text ({e.reason}); the file is damaged or not this "
+                        "benchmark's file. Download it again.") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise TaskError(f"{path}: not a complete gzip file ({e or type(e).__name__}); the download was cut short "
+                        "or the file is not gzipped. Download it again.") from None
+
+
+def read_rows(path: Path) -> list[tuple[str, dict]]:
+    """(where, row) for each row of a .jsonl, .jsonl.gz or .json (a list of objects) file."""
+    if path.suffix != ".json":
+        return [(f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)]
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TaskError(f"{path}: not valid JSON ({e}); download the file again") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise TaskError(f"{path}: expected a JSON list of objects")
+    return [(f"{path} row {i}", row) for i, row in enumerate(rows)]
+
+
+@dataclass(frozen=True)
+class HubSplit:
+    """One split of a Hugging Face hub dataset."""
+
+    repo: str
+    split: str
+    config: str | None = None
+
+
+FieldTypes = dict[str, type | tuple[type, ...]]
+
+
+def load_rows(data: DataConfig, what: str, *, local: str | None = None, hub: Sequence[HubSplit] = (),
+              bundled: Path | None = None, fields: FieldTypes | None = None,
+              unique: str | None = None) -> tuple[list[dict], dict]:
+    """A benchmark's rows and their provenance: the mirror's `local` file when a mirror is set, else the
+    `bundled` copy a package ships (unless --hub), else the `hub` splits, concatenated.
+
+    Every row must have `fields` with those types, and `unique` (a field) must not repeat; an empty dataset,
+    a missing field, a null or wrongly typed value or a repeated id is a TaskError naming the file and row,
+    never a sample counted against the model.
+    """
+    path = data.local(local) if local else None
+    if path is None and bundled is not None and not (data.hub and hub):
+        path = bundled
+    if path is not None:
+        located = read_rows(path)
+        provenance = file_provenance(path)
+    elif hub:
+        located, parts = [], []
+        for part in hub:
+            rows, prov = hub_rows(part.repo, part.split, part.config, data.revision)
+            located += [(f"{part.repo} ({part.config or 'default'}, {part.split}) row {i}", r)
+                        for i, r in enumerate(rows)]
+            parts.append(prov)
+        provenance = parts[0] if len(parts) == 1 else {"source": "hub", "parts": parts}
+    else:
+        raise TaskError(f"{what}: no data source (set --data-dir or $EVALKIT_DATA_DIR to a local mirror)")
+    if not located:
+        raise TaskError(f"{what}: the dataset is empty ({path or hub[0].repo})")
+    seen: dict = {}
+    for where, row in located:
+        check_fields(row, fields or {}, f"{what}: {where}")
+        if unique is not None:
+            key = row[unique]
+            if key in seen:
+                raise TaskError(f"{what}: {where}: {unique} {key!r} repeats {seen[key]}")
+            seen[key] = where
+    return [row for _, row in located], provenance
+
+
+def check_fields(row: dict, fields: FieldTypes, where: str) -> None:
+    """Each field present, not null, and of its type (bool is not accepted as int)."""
+    missing = [f for f in fields if f not in row]
+    if missing:
+        raise TaskError(f"{where}: malformed row, missing field(s) {', '.join(missing)}")
+    for name, kind in fields.items():
+        value = row[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if value is None or not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise TaskError(f"{where}: field {name!r} should be {names}, got {type(value).__name__} {value!r:.60}")
 
 
 def file_provenance(*paths: Path) -> dict:

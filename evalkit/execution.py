@@ -15,6 +15,12 @@ def success_marker(program_text: str) -> str:
     return "EVALKIT-TESTS-PASSED-" + hashlib.sha256(program_text.encode()).hexdigest()[:16]
 
 
+def with_success_marker(program_text: str) -> tuple[str, str]:
+    """The Python program that prints its success marker after the tests, and the marker."""
+    marker = success_marker(program_text)
+    return program_text + f"print({marker!r})\n", marker
+
+
 def scored_from_execution(execution: Execution, program_text: str, marker: str | None = None) -> Scored:
     if execution.status == "ok":
         if marker is None or marker in execution.stdout:

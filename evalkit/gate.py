@@ -32,16 +32,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evalkit.compare import Run, paired_samples, task_settings
+from evalkit.compare import paired_samples
+from evalkit.data import DataConfig
+from evalkit.errors import EvalkitError
+from evalkit.experiment import GATE_TOLERATED, task_settings
+from evalkit.metrics import group_by_problem
+from evalkit.requests import SamplingParams
+from evalkit.store import Run
+from evalkit.tasks import get_task
 
 BOOTSTRAP_ITERS = 10_000
 BOOTSTRAP_SEED = 0
-# Recorded facts that may differ without making two runs incomparable; reported as notes. The seed only
-# picks which random samples are drawn; the problem sets are compared sample by sample, so `limit` adds nothing.
-TOLERATED_KEYS = ("environment.", "sampling.seed", "limit")
 
 
-class IncomparableRuns(ValueError):
+class IncomparableRuns(EvalkitError, ValueError):
     """The two runs did not measure the same thing; `problems` says how they differ."""
 
     def __init__(self, problems: list[str]):
@@ -125,7 +129,7 @@ def check_comparable(baseline: Run, candidate: Run, tasks: Sequence[str]) -> tup
             if _same(a.get(key), b.get(key)):
                 continue
             line = f"{task}: {key} differs (baseline {_brief(a.get(key))}, candidate {_brief(b.get(key))})"
-            if key.startswith(TOLERATED_KEYS):
+            if key.startswith(GATE_TOLERATED):
                 notes.append(line)
             else:
                 problems.append(line)
@@ -162,18 +166,17 @@ def _brief(value: object, width: int = 48) -> str:
 # ------------------------------------------------------------------------------------------ per-problem values
 
 
-def per_problem_values(task: str, records: Sequence[dict], samples_per_problem: int) -> dict[str, dict[str, float]]:
+def per_problem_values(run: Run, task: str, samples_per_problem: int) -> dict[str, dict[str, float]]:
     """metric -> problem -> that problem's value, from the task's own aggregation applied to each problem.
 
     Every metric evalkit reports is a mean over problems, so the task's `aggregate` on one problem's
-    samples gives that problem's share; the gate checks the means against results.json.
+    samples gives that problem's share; the gate checks the means against results.json. The task is rebuilt
+    with the options the run recorded, so an aggregation that depends on them is the run's own.
     """
-    from evalkit.data import DataConfig
-    from evalkit.metrics import group_by_problem
-    from evalkit.requests import SamplingParams
-    from evalkit.tasks import get_task
-
-    scorer = get_task(task, DataConfig())
+    records = run.samples(task)
+    options = dict(run.config.get("tasks", {}).get(task, {}).get("options") or {})
+    prompt, chat = options.pop("prompt_variant", None), bool(options.pop("chat", False))
+    scorer = get_task(task, DataConfig(), prompt=prompt, chat=chat, **options)
     sampling = SamplingParams(n=samples_per_problem)
     out: dict[str, dict[str, float]] = {}
     for task_id, rows in group_by_problem(records).items():
@@ -211,8 +214,8 @@ def gate_runs(baseline: Run, candidate: Run, max_drop: float = 1.0, confidence: 
 def _gate_task(baseline: Run, candidate: Run, task: str, max_drop: float, alpha: float,
                notes: list[str]) -> list[GateCheck]:
     n = baseline.results["tasks"][task].get("samples_per_problem", 1)
-    base_values = per_problem_values(task, baseline.samples(task), n)
-    cand_values = per_problem_values(task, candidate.samples(task), n)
+    base_values = per_problem_values(baseline, task, n)
+    cand_values = per_problem_values(candidate, task, n)
     checks = []
     for metric in baseline.results["tasks"][task]["metrics"]:
         if metric not in candidate.results["tasks"][task]["metrics"]:

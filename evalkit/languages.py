@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from evalkit.errors import TaskError
+from evalkit.execution import toolchain_versions
 from evalkit.sandbox import Program, Sandbox
-from evalkit.tasks import TaskError
 
 JAVATUPLES_JAR = "/usr/share/java/javatuples.jar"  # MultiPL-E's Java prompts import org.javatuples
 GO_LIBRARIES = "/usr/share/gocode"  # Debian's testify (HumanEval-X's Go tests import its assert package)
@@ -112,8 +113,6 @@ def library_versions(*packages: str) -> tuple[str, tuple[str, ...]]:
 def toolchain_environment(sandbox: Sandbox | None, recipe: Recipe,
                           extra: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> dict[str, str]:
     """The toolchain versions for results.json; a toolchain missing from the sandbox refuses the task."""
-    from evalkit.execution import toolchain_versions
-
     versions = toolchain_versions(sandbox, dict(recipe.versions + extra))
     missing = {k: v for k, v in versions.items() if v.startswith("unavailable")}
     if missing:

@@ -1,9 +1,8 @@
-"""Score arithmetic: unbiased pass@k, means with standard errors, and a seeded bootstrap."""
+"""Score arithmetic: unbiased pass@k, accuracy and majority vote, means with closed-form standard errors."""
 
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -29,18 +28,6 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
         return mean, 0.0
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(var / n)
-
-
-def bootstrap_stderr(
-    items: Sequence, statistic: Callable[[Sequence], float], iters: int = 1000, seed: int = 0
-) -> float:
-    """Standard deviation of `statistic` over resamples (with replacement) of `items`, seeded."""
-    if len(items) < 2:
-        return 0.0
-    rng = random.Random(seed)
-    n = len(items)
-    stats = [statistic([items[rng.randrange(n)] for _ in range(n)]) for _ in range(iters)]
-    return float(np.std(stats, ddof=1))
 
 
 def group_by_problem(records: Sequence[dict]) -> dict[str, list[dict]]:

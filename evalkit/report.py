@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.compare import Run, differing_settings, load_run, moves_scores
+from evalkit.experiment import differing_settings, moves_scores
 from evalkit.plots import bench_chart, task_bars
+from evalkit.store import Run, load_run
 
 FLAG = "†"  # marks a task column whose runs differ in a score-moving setting
 

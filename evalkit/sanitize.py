@@ -5,10 +5,20 @@ from __future__ import annotations
 import ast
 import re
 import warnings
-
-from evalkit.backends.base import truncate_at_stop
+from collections.abc import Sequence
 
 FENCE = re.compile(r"^\s*```")
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Cut `text` before the earliest occurrence of any stop sequence."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
 
 
 def sanitize_python_completion(prompt: str, completion: str, stop: tuple[str, ...]) -> str:

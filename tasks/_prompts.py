@@ -50,7 +50,8 @@ def minerva_prompt(problem: str) -> str:
 
 def minerva_completion(solution: str, answer: str) -> str:
     """A solution written the way the exemplars teach: reasoning, then Minerva's closing sentence."""
-    return f" {solution}\nFinal Answer: The final answer is ${answer}$. I hope it is correct."
+    one_line = " ".join(answer.split("\n"))  # the closing sentence is one line (MATH 4134's gold spans two)
+    return f" {solution}\nFinal Answer: The final answer is ${one_line}$. I hope it is correct."
 
 
 # The zero-shot instruction of Mathstral's (and Qwen2.5-Math's, DeepSeekMath's) chain-of-thought evaluations.

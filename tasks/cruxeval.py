@@ -5,7 +5,7 @@ The answer is read from the completion as CRUXEval's own postprocessing reads it
 `assert f(input) == prediction` and rejects a prediction that calls `f(` itself; -I executes
 `assert f(prediction) == output` (CRUXEval: `assert output == f(...)`) and requires the call to `f`.
 Both run in the sandbox with CRUXEval's 3 s timeout. The published pass@1 is the unbiased estimate
-from n=10 samples at temperature 0.2 (top-p 0.95): `--samples 10 --temperature 0.2 --top-p 0.95`.
+from n=10 samples at temperature 0.2 (top-p 0.95): `--n-samples 10 --temperature 0.2 --top-p 0.95`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from evalkit import languages
-from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
-from evalkit.execution import run_scored, success_marker
+from evalkit.data import HubSplit, load_rows
+from evalkit.execution import run_scored, with_success_marker
 from evalkit.requests import GenerationRequest, SamplingParams
-from evalkit.tasks import Scored, Task, TaskError, register
+from evalkit.tasks import Scored, Task, register, timeout_option
 
 STOP = ("[/ANSWER]",)
 PUBLISHED_SAMPLING = {"n": 10, "temperature": 0.2, "top_p": 0.95}
@@ -89,23 +89,14 @@ def answer_text(completion: str) -> str:
 
 class CRUXEval(Task):
     uses_sandbox = True
-    timeout = 3.0  # CRUXEval's check_correctness
+    options = {"timeout": timeout_option(3.0, "3 s (CRUXEval's check_correctness)")}
     mode: str  # "output" or "input"
 
     def docs(self) -> list[dict]:
-        local = self.data.local("cruxeval/cruxeval.jsonl")
-        if local is not None:
-            rows = [row for _, row in read_jsonl(local)]
-            self.provenance = file_provenance(local)
-        else:
-            rows, self.provenance = hub_rows("cruxeval-org/cruxeval", "test", revision=self.data.revision)
-        docs = []
-        for i, row in enumerate(rows):
-            require_fields(row, ("id", "code", "input", "output"), f"{self.name} row {i}")
-            docs.append({**row, "task_id": row["id"]})
-        if not docs:
-            raise TaskError(f"{self.name}: the dataset is empty")
-        return docs
+        rows, self.provenance = load_rows(self.data, self.name, local="cruxeval/cruxeval.jsonl",
+                                          hub=[HubSplit("cruxeval-org/cruxeval", "test")],
+                                          fields={"id": str, "code": str, "input": str, "output": str}, unique="id")
+        return [{**row, "task_id": row["id"]} for row in rows]
 
     def request(self, doc: dict) -> GenerationRequest:
         if self.mode == "output":
@@ -133,10 +124,8 @@ class CRUXEval(Task):
         if self.mode == "input" and "f(" not in prediction:
             return Scored("failed", answer=prediction, error="the predicted input is not a call f(...)")
         check = f"f({doc['input']}) == {prediction}" if self.mode == "output" else f"{prediction} == {doc['output']}"
-        text = f"{doc['code']}\nassert {check}\n"
-        marker = success_marker(text)
-        text += f"print({marker!r})\n"
-        scored = run_scored(sandbox, languages.python().program(text, self.timeout), text, marker)
+        text, marker = with_success_marker(f"{doc['code']}\nassert {check}\n")
+        scored = run_scored(sandbox, languages.python().program(text, self.option("timeout")), text, marker)
         scored.answer = prediction
         return scored
 
@@ -155,7 +144,7 @@ class CRUXEval(Task):
             "checker": ("assert f(input) == prediction; predictions containing 'f(' fail" if self.mode == "output"
                         else "assert prediction == output; predictions without 'f(' fail"),
             "published_sampling": PUBLISHED_SAMPLING,
-            "run": languages.python().describe() | {"timeout_s_per_command": self.timeout},
+            "run": languages.python().describe() | {"timeout_s_per_command": self.option("timeout")},
         }
 
     def environment(self, sandbox) -> dict:

@@ -1,18 +1,33 @@
-"""GSM8K (1319 test problems): 8-shot chain of thought, greedy; strict-match and flexible-extract scores."""
+"""GSM8K (1319 test problems): 8-shot chain of thought, greedy; lm-eval's strict-match and flexible-extract.
+
+`strict_match` and `flexible_extract` are lm-eval gsm8k_cot's metrics of the same names, sample for sample:
+its regexes, its first/last match, its exact_match (commas, `$`, a closing period ignored, any case).
+`numeric_match` is evalkit's lenient reading beside them: the first "The answer is N" or "#### N" (a `$`
+and spaces allowed), compared as numbers (18.00 == 18), for models that state the answer right but not
+in the exemplars' exact shape.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 
-from evalkit.answer_extraction import gsm8k_flexible_answer, gsm8k_strict_answer, parse_number
-from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
+from evalkit.answer_extraction import (
+    GSM8K_EXACT_MATCH_IGNORE,
+    GSM8K_FLEXIBLE_EXTRACT_RE,
+    GSM8K_STRICT_MATCH_RE,
+    gsm8k_exact_match_key,
+    gsm8k_flexible_extract,
+    gsm8k_stated_answer,
+    gsm8k_strict_match,
+    parse_number,
+)
+from evalkit.data import HubSplit, load_rows
 from evalkit.metrics import accuracy_metrics
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.tasks import Scored, Task, TaskError, register
 from tasks import _prompts
 
-EXTRACTORS = {"strict_match": gsm8k_strict_answer, "flexible_extract": gsm8k_flexible_answer}
 _CALCULATOR_RE = re.compile(r"<<[^>]*>>")  # the dataset's calculator annotations, <<48/2=24>>
 
 
@@ -20,6 +35,19 @@ def same_number(a: str | None, b: str | None) -> bool:
     """Numeric equality after removing commas, `$` and a trailing period ("1,000." == "1000")."""
     x, y = (parse_number(a) if a else None), (parse_number(b) if b else None)
     return x is not None and y is not None and abs(x - y) <= 1e-9 * max(1.0, abs(x))
+
+
+def same_exact_match(a: str | None, b: str | None) -> bool:
+    """lm-eval's exact_match on two extracted answers (None: lm-eval's "[invalid]", which matches no gold)."""
+    return a is not None and b is not None and gsm8k_exact_match_key(a) == gsm8k_exact_match_key(b)
+
+
+# metric -> (extract the answer, compare it with the gold); the verdict is the first one's.
+METRICS = {
+    "strict_match": (gsm8k_strict_match, same_exact_match),
+    "flexible_extract": (gsm8k_flexible_extract, same_exact_match),
+    "numeric_match": (gsm8k_stated_answer, same_number),
+}
 
 
 def reference_completion(answer: str) -> str:
@@ -32,16 +60,13 @@ def reference_completion(answer: str) -> str:
 @register("gsm8k")
 class GSM8K(Task):
     name = "gsm8k"
+
     def docs(self) -> list[dict]:
-        path = self.data.local("gsm8k/test.jsonl")
-        if path is None:
-            rows, self.provenance = hub_rows("openai/gsm8k", "test", "main", self.data.revision)
-        else:
-            rows = [row for _, row in read_jsonl(path)]
-            self.provenance = file_provenance(path)
+        rows, self.provenance = load_rows(self.data, self.name, local="gsm8k/test.jsonl",
+                                          hub=[HubSplit("openai/gsm8k", "test", "main")],
+                                          fields={"question": str, "answer": str})
         docs = []
         for i, row in enumerate(rows):
-            require_fields(row, ("question", "answer"), f"gsm8k row {i}")
             if "####" not in row["answer"] or parse_number(row["answer"].split("####")[-1]) is None:
                 raise TaskError(f"gsm8k row {i}: the answer does not end in '#### <number>'")
             docs.append({"task_id": f"gsm8k/{i}", "question": row["question"], "solution": row["answer"],
@@ -54,18 +79,18 @@ class GSM8K(Task):
 
     def score(self, doc: dict, output: str, sandbox=None) -> Scored:
         extra: dict = {"gold": doc["answer"]}
-        for name, extract in EXTRACTORS.items():
+        for name, (extract, same) in METRICS.items():
             answer = extract(output)
-            extra[name] = {"answer": answer, "passed": same_number(answer, doc["answer"])}
+            extra[name] = {"answer": answer, "passed": same(answer, doc["answer"])}
         strict = extra["strict_match"]
-        # The record's verdict is strict-match; flexible-extract is reported beside it from `extra`.
+        # The record's verdict is strict-match; the other metrics are reported beside it from `extra`.
         return Scored("passed" if strict["passed"] else "failed", answer=strict["answer"], extra=extra)
 
     def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
         out: dict = {"metrics": {}, "stderr": {}, "stderr_method": {}}
-        for name in EXTRACTORS:
+        for name, (_, same) in METRICS.items():
             part = accuracy_metrics(records, sampling.n, name, lambda r, k=name: bool(r["extra"][k]["passed"]),
-                                    lambda r, k=name: r["extra"][k]["answer"], same_number)
+                                    lambda r, k=name: r["extra"][k]["answer"], same)
             for key in out:
                 out[key].update(part[key])
         return out
@@ -78,8 +103,19 @@ class GSM8K(Task):
             "stop": list(_prompts.GSM8K_COT_STOP),
             "max_tokens": self.default_max_tokens,
             "decoding": "greedy (temperature 0) for the published setting",
-            "extraction": {"strict_match": "first 'The answer is N' or '#### N'",
-                           "flexible_extract": "last number in the completion"},
-            "checker": "numeric equality after removing commas, '$' and a trailing period",
-            "verdict": "strict_match (flexible_extract is in each record's extra)",
+            "extraction": {
+                "strict_match": f"lm-eval gsm8k_cot strict-match: first match of {GSM8K_STRICT_MATCH_RE.pattern!r}",
+                "flexible_extract": f"lm-eval gsm8k_cot flexible-extract: last match of "
+                                    f"{GSM8K_FLEXIBLE_EXTRACT_RE.pattern!r}",
+                "numeric_match": "evalkit: first 'The answer is N' or '#### N', '$' and spaces allowed",
+            },
+            "checker": {
+                "strict_match": "lm-eval exact_match: strings equal after removing "
+                                f"{list(GSM8K_EXACT_MATCH_IGNORE)} (regexes), ignoring case",
+                "flexible_extract": "the same as strict_match",
+                "numeric_match": "numeric equality after removing commas, '$' and a trailing period",
+            },
+            "reference": "lm-eval 0.4 gsm8k_cot: strict_match and flexible_extract equal its metrics on every sample",
+            "majority_vote": "strict_match and flexible_extract: equal exact_match strings; numeric_match: numbers",
+            "verdict": "strict_match (the other metrics are in each record's extra)",
         }

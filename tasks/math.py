@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from evalkit.answer_extraction import extract_math_answer, last_boxed
-from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
+from evalkit.data import HubSplit, load_rows
 from evalkit.math_equivalence import DEFAULT_TIMEOUT_S, answers_equivalent
 from evalkit.metrics import accuracy_metrics
 from evalkit.requests import GenerationRequest, SamplingParams
@@ -14,23 +14,23 @@ from tasks import _prompts
 
 HUB_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
                 "prealgebra", "precalculus")  # EleutherAI/hendrycks_math configs
-PROMPT_VARIANTS = ("minerva", "boxed")
-EXTRACTION = "last balanced \\boxed{} (or \\fbox), then 'final answer is ...', then the last number"
-CHECKER = ("normalised string match, then exact number match, then math-verify (parse + verify) in a "
-           "worker process under a per-check wall-clock limit; over the limit -> verdict 'timeout'")
+EXTRACTION = ("math-verify's order: Minerva's 'final answer is X. I hope it is correct'; then the later of the "
+              "last balanced \\boxed{} (or \\fbox) and 'final answer is X'; then the later of the last math span "
+              "($..$, \\(..\\), \\[..\\], bare \\frac{a}{b}) and the last number after a space or '='")
+CHECKER = ("normalised string match, then exact number match (both accept only what math-verify accepts), then "
+           "math-verify (parse + verify of '$\\boxed{answer}$') in a worker process under a per-check wall-clock "
+           "limit; over the limit -> verdict 'timeout'")
+REFERENCE = ("math-verify, as lm-eval's minerva_math500 calls it; deliberate difference: a final answer stated "
+             "without $...$ is read whole (math-verify reads no LaTeX there, or only the leading number)")
 
 
 class MathAnswerTask(Task):
     """A problem with one final answer, judged by answer equivalence. Subclasses load the rows."""
 
-    prompt_variants: tuple[str, ...] = PROMPT_VARIANTS
-    prompt_variant: str = "minerva"  # set by `evalkit run --prompt`
+    prompt_variants = ("minerva", "boxed")
     max_tokens_by_prompt = {"minerva": 1024, "boxed": 2048}
 
     def request(self, doc: dict) -> GenerationRequest:
-        if self.prompt_variant not in self.prompt_variants:
-            raise TaskError(f"{self.name}: unknown prompt variant {self.prompt_variant!r}; "
-                            f"choose one of {', '.join(self.prompt_variants)}")
         if self.prompt_variant == "minerva":
             prompt, stop = _prompts.minerva_prompt(doc["problem"]), _prompts.MINERVA_STOP
             reference = _prompts.minerva_completion(doc["solution"], doc["answer"])
@@ -72,6 +72,7 @@ class MathAnswerTask(Task):
             "max_tokens": self.max_tokens_by_prompt[self.prompt_variant],
             "extraction": EXTRACTION,
             "checker": CHECKER,
+            "reference": REFERENCE,
             "check_timeout_s": DEFAULT_TIMEOUT_S,
             "majority_vote": "over equivalence classes of extracted answers (same checker)",
         }
@@ -82,21 +83,13 @@ class Math(MathAnswerTask):
     name = "math"
 
     def docs(self) -> list[dict]:
-        path = self.data.local("math/test.jsonl")
-        if path is None:
-            rows, self.provenance = [], {"source": "hub", "repo": "EleutherAI/hendrycks_math", "configs": {}}
-            for subject in HUB_SUBJECTS:
-                part, prov = hub_rows("EleutherAI/hendrycks_math", "test", subject, self.data.revision)
-                rows += part
-                self.provenance["configs"][subject] = prov
-            numbered = [(f"math/{i}", row) for i, row in enumerate(rows)]
-        else:
-            rows = [row for _, row in read_jsonl(path)]
-            self.provenance = file_provenance(path)
-            numbered = [(f"math/{row.get('idx', i)}", row) for i, row in enumerate(rows)]
+        hub = [HubSplit("EleutherAI/hendrycks_math", "test", subject) for subject in HUB_SUBJECTS]
+        rows, self.provenance = load_rows(self.data, self.name, local="math/test.jsonl", hub=hub,
+                                          fields={"problem": str, "solution": str})
+        local = self.provenance.get("source") == "local"
         docs = []
-        for task_id, row in numbered:
-            require_fields(row, ("problem", "solution"), f"math {task_id}")
+        for i, row in enumerate(rows):
+            task_id = f"math/{row.get('idx', i) if local else i}"
             gold = last_boxed(row["solution"])  # this copy has no answer field
             if gold is None:
                 raise TaskError(f"math {task_id}: the solution has no \\boxed{{}} answer")
@@ -110,13 +103,8 @@ class Math500(MathAnswerTask):
     name = "math500"
 
     def docs(self) -> list[dict]:
-        path = self.data.local("math/math500_test.jsonl")
-        if path is None:
-            rows, self.provenance = hub_rows("HuggingFaceH4/MATH-500", "test", revision=self.data.revision)
-        else:
-            rows = [row for _, row in read_jsonl(path)]
-            self.provenance = file_provenance(path)
-        for i, row in enumerate(rows):
-            require_fields(row, ("problem", "solution", "answer", "unique_id"), f"math500 row {i}")
+        rows, self.provenance = load_rows(
+            self.data, self.name, local="math/math500_test.jsonl", hub=[HubSplit("HuggingFaceH4/MATH-500", "test")],
+            fields={"problem": str, "solution": str, "answer": str, "unique_id": str}, unique="unique_id")
         return [{"task_id": row["unique_id"], "problem": row["problem"], "solution": row["solution"],
                  "answer": row["answer"], "subject": row.get("subject"), "level": row.get("level")} for row in rows]

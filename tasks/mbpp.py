@@ -8,19 +8,17 @@ test setup (full MBPP: `test_setup_code`, which may use the solution's classes; 
 
 from __future__ import annotations
 
-import json
-
 from evalkit import languages
-from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
-from evalkit.execution import run_scored, success_marker
+from evalkit.data import HubSplit, load_rows
+from evalkit.execution import run_scored, with_success_marker
 from evalkit.requests import GenerationRequest
 from evalkit.sanitize import FENCE, sanitize_python_completion
-from evalkit.tasks import Scored, Task, TaskError, register
+from evalkit.tasks import Scored, Task, TaskError, register, timeout_option
 
 STOP = ("[DONE]",)
 EXEMPLAR_IDS = (2, 3, 4)
 TEST_IDS = range(11, 511)
-VARIANTS = (None, "zero-shot")
+HUB = "google-research-datasets/mbpp"
 # Reference solutions that fail their own tests, by task id, with the reason (none found: see the tests).
 KNOWN_BROKEN: dict[str, dict[str, str]] = {"mbpp": {}, "mbpp-sanitized": {}}
 
@@ -35,30 +33,18 @@ def describe_problem(text: str, tests: list[str]) -> str:
 class MBPP(Task):
     name = "mbpp"
     uses_sandbox = True
-    timeout = 60.0  # wall-clock, generous: task 123's own solution needs ~4 s of CPU, 20+ s on a loaded machine
+    prompt_variants = ("3-shot", "zero-shot")
+    # wall-clock, generous: task 123's own solution needs ~4 s of CPU, 20+ s on a loaded machine
+    options = {"timeout": timeout_option(60.0, "3 s (code_eval)")}
     text_field = "text"
+    local_file = "mbpp/mbpp.jsonl"
     hub_config = "full"
 
-    def __init__(self, data):
-        super().__init__(data)
-        self.prompt_variant: str | None = None  # set by the runner from --prompt
-        self.exemplars: list[dict] = []
-
-    def load_rows(self) -> list[dict]:
-        local = self.data.local("mbpp/mbpp.jsonl")
-        if local is not None:
-            self.provenance = file_provenance(local)
-            return [row for _, row in read_jsonl(local)]
-        test, self.provenance = hub_rows("google-research-datasets/mbpp", "test", self.hub_config, self.data.revision)
-        prompt_split, _ = hub_rows("google-research-datasets/mbpp", "prompt", self.hub_config, self.data.revision)
-        return prompt_split + test
-
     def docs(self) -> list[dict]:
-        if self.prompt_variant not in VARIANTS:
-            raise TaskError(f"{self.name}: unknown --prompt {self.prompt_variant!r}; choose zero-shot or leave it out")
-        rows = self.load_rows()
-        for i, row in enumerate(rows):
-            require_fields(row, ("task_id", self.text_field, "code", "test_list"), f"{self.name} row {i}")
+        rows, self.provenance = load_rows(
+            self.data, self.name, local=self.local_file,
+            hub=[HubSplit(HUB, "prompt", self.hub_config), HubSplit(HUB, "test", self.hub_config)],
+            fields={"task_id": int, self.text_field: str, "code": str, "test_list": list}, unique="task_id")
         by_id = {row["task_id"]: row for row in rows}
         missing = [i for i in EXEMPLAR_IDS if i not in by_id]
         if missing:
@@ -87,22 +73,22 @@ class MBPP(Task):
             completion = "\n".join(lines[1:])
         code = sanitize_python_completion("", completion, STOP)
         before, after = self.setup(doc)
-        text = f"{before}{code}\n{after}\n" + "\n".join(doc["test_list"]) + "\n"
-        marker = success_marker(text)
-        return text + f"print({marker!r})\n", marker
+        return with_success_marker(f"{before}{code}\n{after}\n" + "\n".join(doc["test_list"]) + "\n")
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
         text, marker = self.program(doc, completion)
-        return run_scored(sandbox, languages.python().program(text, self.timeout), text, marker)
+        return run_scored(sandbox, languages.python().program(text, self.option("timeout")), text, marker)
 
     def settings(self) -> dict:
+        zero_shot = self.prompt_variant == "zero-shot"
         return {
-            "prompt": self.prompt_variant or f"3-shot (task ids {list(EXEMPLAR_IDS)}), all tests shown, [BEGIN]/[DONE]",
-            "exemplar_ids": [] if self.prompt_variant == "zero-shot" else list(EXEMPLAR_IDS),
+            "prompt": "zero-shot" if zero_shot else f"3-shot (task ids {list(EXEMPLAR_IDS)}), all tests shown, "
+                                                   "[BEGIN]/[DONE]",
+            "exemplar_ids": [] if zero_shot else list(EXEMPLAR_IDS),
             "stop": list(STOP),
             "sanitizer": "drop a leading markdown fence; cut at [DONE] and fences; drop unparsable trailing lines",
             "checker": "test setup + completion + every assert of test_list, python3, exit 0 and success marker",
-            "run": languages.python().describe() | {"timeout_s_per_command": self.timeout},
+            "run": languages.python().describe() | {"timeout_s_per_command": self.option("timeout")},
         }
 
     def environment(self, sandbox) -> dict:
@@ -113,18 +99,8 @@ class MBPP(Task):
 class MBPPSanitized(MBPP):
     name = "mbpp-sanitized"
     text_field = "prompt"
+    local_file = "mbpp/sanitized-mbpp.json"
     hub_config = "sanitized"
-
-    def load_rows(self) -> list[dict]:
-        local = self.data.local("mbpp/sanitized-mbpp.json")
-        if local is None:
-            return super().load_rows()
-        try:
-            rows = json.loads(local.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{local}: not valid JSON ({e.msg})") from None
-        self.provenance = file_provenance(local)
-        return rows
 
     def setup(self, doc: dict) -> tuple[str, str]:
         imports = doc.get("test_imports") or []

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from evalkit.data import file_provenance, hub_rows, require_fields
+from evalkit.data import check_fields, file_provenance, hub_rows
 from evalkit.metrics import mean_stderr
 from evalkit.requests import LoglikelihoodRequest, SamplingParams
 from evalkit.tasks import Scored, Task, TaskError, register
@@ -24,7 +24,8 @@ def _read_csv_rows(path: Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     out = []
     for i, row in enumerate(rows):
-        require_fields(row, ("question", "choice0", "choice1", "choice2", "choice3", "answer"), f"{path} row {i}")
+        check_fields(row, dict.fromkeys(("question", "choice0", "choice1", "choice2", "choice3", "answer"), str),
+                     f"{path} row {i}")
         if row["answer"] not in ("0", "1", "2", "3"):
             raise TaskError(f"{path} row {i}: answer {row['answer']!r} is not an index 0-3")
         out.append({"question": row["question"], "choices": [row[f"choice{k}"] for k in range(4)],
@@ -80,8 +81,10 @@ class MMLU(Task):
 
     def score(self, doc: dict, output: list[float], sandbox=None) -> Scored:
         extra = {"subject": doc["subject"], "gold": _prompts.MMLU_LETTERS[doc["answer"]]}
-        if len(output) != len(CONTINUATIONS) or not all(math.isfinite(x) for x in output):
-            return Scored("error", error=f"expected 4 finite log-likelihoods, got {output!r}", extra=extra)
+        # As lm-eval's argmax: -inf (a choice the model cannot produce) ranks last and the question is scored.
+        # NaN and +inf are no log-probabilities: the backend failed, so the sample is an error, never a guess.
+        if len(output) != len(CONTINUATIONS) or any(math.isnan(x) or x == math.inf for x in output):
+            return Scored("error", error=f"expected 4 log-likelihoods (finite or -inf), got {output!r}", extra=extra)
         best = max(range(len(output)), key=lambda k: output[k])  # first maximum, as numpy's argmax
         return Scored("passed" if best == doc["answer"] else "failed", answer=_prompts.MMLU_LETTERS[best], extra=extra)
 
@@ -116,5 +119,7 @@ class MMLU(Task):
             "shots": self.shots,
             "shots_source": _prompts.MMLU_SOURCE,
             "continuations": list(CONTINUATIONS),
-            "scoring": "argmax of the continuations' log-likelihoods (first maximum on ties), unnormalised",
+            "scoring": "argmax of the continuations' log-likelihoods (first maximum on ties), unnormalised; "
+                       "-inf ranks last; NaN or +inf is an error",
+            "reference": "lm-eval 0.4 mmlu (acc = argmax == gold); equal on every sample with finite or -inf values",
         }

@@ -9,13 +9,13 @@ the reference backend cannot answer these tasks; tests/test_multipl_e.py carries
 from __future__ import annotations
 
 from evalkit import languages
-from evalkit.backends.base import truncate_at_stop
-from evalkit.data import file_provenance, hub_rows, read_jsonl, require_fields
+from evalkit.data import HubSplit, load_rows
 from evalkit.execution import run_scored
 from evalkit.requests import GenerationRequest
-from evalkit.tasks import Scored, Task, TaskError, register
+from evalkit.sanitize import truncate_at_stop
+from evalkit.tasks import Scored, Task, register, timeout_option
 
-FIELDS = ("name", "prompt", "tests", "stop_tokens")
+FIELDS = {"name": str, "prompt": str, "tests": str, "stop_tokens": list}
 RECIPES = {
     "cpp": languages.cpp,
     "java": lambda: languages.java("Problem", (languages.JAVATUPLES_JAR,)),
@@ -26,23 +26,14 @@ RECIPES = {
 
 class MultiPLE(Task):
     uses_sandbox = True
-    timeout: float | None = None  # seconds per command; None: the language recipe's
+    options = {"timeout": timeout_option(None, "15 s (MultiPL-E); default: the language recipe's")}
     lang: str
 
     def docs(self) -> list[dict]:
-        local = self.data.local(f"multipl-e/humaneval-{self.lang}.jsonl")
-        if local is not None:
-            rows = [row for _, row in read_jsonl(local)]
-            self.provenance = file_provenance(local)
-        else:
-            rows, self.provenance = hub_rows("nuprl/MultiPL-E", "test", f"humaneval-{self.lang}", self.data.revision)
-        docs = []
-        for i, row in enumerate(rows):
-            require_fields(row, FIELDS, f"{self.name} row {i}")
-            docs.append({**row, "task_id": row["name"]})  # MultiPL-E's own id
-        if not docs:
-            raise TaskError(f"{self.name}: the dataset is empty")
-        return docs
+        rows, self.provenance = load_rows(self.data, self.name, local=f"multipl-e/humaneval-{self.lang}.jsonl",
+                                          hub=[HubSplit("nuprl/MultiPL-E", "test", f"humaneval-{self.lang}")],
+                                          fields=FIELDS, unique="name")
+        return [{**row, "task_id": row["name"]} for row in rows]  # MultiPL-E's own id
 
     def request(self, doc: dict) -> GenerationRequest:
         return GenerationRequest(doc["task_id"], doc["prompt"], tuple(doc["stop_tokens"]), 1024)
@@ -52,7 +43,7 @@ class MultiPLE(Task):
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
         text = self.program(doc, completion)
-        return run_scored(sandbox, RECIPES[self.lang]().program(text, self.timeout), text)
+        return run_scored(sandbox, RECIPES[self.lang]().program(text, self.option("timeout")), text)
 
     def settings(self) -> dict:
         return {
@@ -60,14 +51,32 @@ class MultiPLE(Task):
             "stop": "the row's stop_tokens",
             "sanitizer": "cut at the stop tokens",
             "checker": "prompt + completion + '\\n' + tests; pass = every command exits 0",
-            "run": RECIPES[self.lang]().describe() | ({"timeout_s_per_command": self.timeout} if self.timeout else {}),
+            "run": RECIPES[self.lang]().describe() | self._timeout_setting(),
         }
+
+    def _timeout_setting(self) -> dict:
+        return {"timeout_s_per_command": self.option("timeout")} if self.option("timeout") else {}
 
     def environment(self, sandbox) -> dict:
         extra = (languages.library_versions("libjavatuples-java"),) if self.lang == "java" else ()
         return languages.toolchain_environment(sandbox, RECIPES[self.lang](), extra)
 
 
-for _lang in RECIPES:
-    _attrs = {"__module__": __name__, "name": f"multipl-e-{_lang}", "lang": _lang}
-    register(_attrs["name"])(type(f"MultiPLE_{_lang}", (MultiPLE,), _attrs))
+@register("multipl-e-cpp")
+class MultiPLECpp(MultiPLE):
+    name, lang = "multipl-e-cpp", "cpp"
+
+
+@register("multipl-e-java")
+class MultiPLEJava(MultiPLE):
+    name, lang = "multipl-e-java", "java"
+
+
+@register("multipl-e-js")
+class MultiPLEJavaScript(MultiPLE):
+    name, lang = "multipl-e-js", "js"
+
+
+@register("multipl-e-sh")
+class MultiPLEBash(MultiPLE):
+    name, lang = "multipl-e-sh", "sh"

@@ -1,11 +1,23 @@
 """Spider dev (1034 questions): schema-in-prompt text-to-SQL, scored by execution accuracy.
 
 The prompt gives the database's tables as CREATE TABLE statements (from tables.json), the question as
-a SQL comment, and ends with `SELECT`, which the completion continues. The predicted and the gold
-query run against `database/<db_id>/<db_id>.sqlite`; results match as multisets of rows (as lists
-when the gold query has ORDER BY), with the columns in any order. A prediction that errors or runs
-out of time is wrong. A question whose database is missing is reported as skipped (verdict
-"skipped", counted in `skipped_db_missing`) and left out of the denominator.
+a SQL comment, and ends with `SELECT`, which the completion continues. Scoring is test-suite-sql-eval's
+execution match (exec_eval.eval_exec_match, the official leaderboard's default): both queries get
+`> =` written `>=` (also `< =`, `! =`), DISTINCT removed (`--task-option keep_distinct=true` keeps it,
+as the evaluator's --keep_distinct) and YEAR(CURDATE()) read as 2020; they run against
+`database/<db_id>/<db_id>.sqlite`; results match as multisets of rows (as lists when the gold query
+contains "order by"), with the columns in any order. A prediction that errors or runs out of time is
+wrong. A question whose database is missing is reported as skipped (verdict "skipped", counted in
+`skipped_db_missing`) and left out of the denominator.
+
+Deliberate differences from the evaluator: the prediction is cut at its first `;` (with --keep_distinct
+the evaluator fails `Q; SELECT 1`, which sqlite3 refuses as two statements; by default its DISTINCT
+removal happens to keep only the first statement); it does not replace the text `value` with `1`
+in predictions (the evaluator's `p_str.replace("value", "1")`, meant for value-less predictions,
+rewrites string literals and names too); a query may run 30 s (the evaluator's 60 s asyncio limit
+cannot interrupt a query, which runs synchronously); only `<db_id>.sqlite` is used, not every database in its folder
+(the official Spider download has one per folder; the test-suite databases have more); queries are
+read-only.
 
 Queries run on the host, not in the sandbox (see evalkit.sqlite_readonly): SQL cannot leave SQLite
 without extensions, and the connection is read-only, refuses extensions, ATTACH, PRAGMA and every
@@ -23,10 +35,12 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from evalkit.data import file_provenance, hub_rows, require_fields, sha256_file
+import sqlparse
+
+from evalkit.data import HubSplit, file_provenance, load_rows, sha256_file
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.sqlite_readonly import QueryError, run_query
-from evalkit.tasks import Scored, Task, TaskError, register
+from evalkit.tasks import Scored, Task, TaskError, TaskOption, register
 
 STOP = (";", "\n\n", "\n--")
 TIMEOUT = 30.0
@@ -50,6 +64,26 @@ def create_table_schema(schema: dict) -> str:
                 lines.append(f"  FOREIGN KEY ({columns[src][1]}) REFERENCES {ref_table}({columns[dst][1]})")
         tables.append(f"CREATE TABLE {table} (\n" + ",\n".join(lines) + "\n);")
     return "\n\n".join(tables)
+
+
+_CURRENT_YEAR_RE = re.compile(r"YEAR\s*\(\s*CURDATE\s*\(\s*\)\s*\)\s*", re.IGNORECASE)
+
+
+def remove_distinct(sql: str) -> str:
+    """The query without its DISTINCT keywords (every token that is the word, as test-suite-sql-eval does)."""
+    statements = sqlparse.parse(sql)
+    if not statements:
+        return sql
+    return "".join(token.value for token in statements[0].flatten() if token.value.lower() != "distinct")
+
+
+def evaluator_form(sql: str, keep_distinct: bool) -> str:
+    """The query as test-suite-sql-eval executes it: `> =` -> `>=` (and `<`, `!`), DISTINCT removed unless
+    kept, YEAR(CURDATE()) -> 2020."""
+    sql = sql.replace("> =", ">=").replace("< =", "<=").replace("! =", "!=")
+    if not keep_distinct:
+        sql = remove_distinct(sql)
+    return _CURRENT_YEAR_RE.sub("2020", sql)
 
 
 def results_match(gold: list[tuple], predicted: list[tuple], order_matters: bool) -> bool:
@@ -77,6 +111,8 @@ def results_match(gold: list[tuple], predicted: list[tuple], order_matters: bool
 class Spider(Task):
     name = "spider"
     uses_sandbox = False
+    options = {"keep_distinct": TaskOption(False, "keep DISTINCT in both queries (test-suite-sql-eval's "
+                                                  "--keep_distinct); by default both lose it, as officially")}
 
     def database_root(self) -> Path:
         """The folder holding <db_id>/<db_id>.sqlite (accepts the download's top folder or its database/)."""
@@ -98,16 +134,12 @@ class Spider(Task):
         if tables_file is None:
             raise TaskError(f"tables.json (the schemas) is missing beside {root}. {DOWNLOAD_HELP}")
         schemas = {s["db_id"]: s for s in json.loads(tables_file.read_text(encoding="utf-8"))}
-        local = self.data.local("spider/dev.json")
-        if local is not None:
-            rows = json.loads(local.read_text(encoding="utf-8"))
-            self.provenance = file_provenance(local, tables_file)
-        else:
-            rows, self.provenance = hub_rows("xlangai/spider", "validation", revision=self.data.revision)
-            self.provenance["files"] = file_provenance(tables_file)["files"]
+        rows, self.provenance = load_rows(self.data, self.name, local="spider/dev.json",
+                                          hub=[HubSplit("xlangai/spider", "validation")],
+                                          fields={"db_id": str, "question": str, "query": str})
+        self.provenance["files"] = self.provenance.get("files", {}) | file_provenance(tables_file)["files"]
         docs = []
         for i, row in enumerate(rows):
-            require_fields(row, ("db_id", "question", "query"), f"spider row {i}")
             if row["db_id"] not in schemas:
                 raise TaskError(f"spider row {i}: database {row['db_id']!r} has no schema in {tables_file}")
             path = root / row["db_id"] / f"{row['db_id']}.sqlite"
@@ -133,18 +165,21 @@ class Spider(Task):
         path = Path(doc["db_path"])
         if not path.is_file():
             return Scored("skipped", program=predicted, error=f"database missing: {path}")
+        keep_distinct = bool(self.option("keep_distinct"))
+        gold_sql = evaluator_form(doc["query"], keep_distinct)
+        predicted_sql = evaluator_form(predicted, keep_distinct)
         try:
-            gold = run_query(path, doc["query"], TIMEOUT)
+            gold = run_query(path, gold_sql, TIMEOUT)
         except QueryError as e:
-            return Scored("error", program=predicted, error=f"the gold query failed: {e}")
+            return Scored("error", program=predicted_sql, error=f"the gold query failed: {e}")
         try:
-            rows = run_query(path, predicted, TIMEOUT, max_rows=len(gold) + 1)
+            rows = run_query(path, predicted_sql, TIMEOUT, max_rows=len(gold) + 1)
         except QueryError as e:
-            return Scored("timeout" if e.timed_out else "failed", program=predicted, error=str(e))
-        order_matters = re.search(r"\border\s+by\b", doc["query"], re.I) is not None
-        if results_match(gold, rows, order_matters):
-            return Scored("passed", program=predicted)
-        return Scored("failed", program=predicted, error=f"result differs from gold ({len(rows)} vs {len(gold)} rows)")
+            return Scored("timeout" if e.timed_out else "failed", program=predicted_sql, error=str(e))
+        if results_match(gold, rows, order_matters="order by" in gold_sql.lower()):
+            return Scored("passed", program=predicted_sql)
+        return Scored("failed", program=predicted_sql,
+                      error=f"result differs from gold ({len(rows)} vs {len(gold)} rows)")
 
     def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
         scored = [r for r in records if r["verdict"] != "skipped"]
@@ -161,8 +196,19 @@ class Spider(Task):
             "prompt": "CREATE TABLE schema from tables.json + '-- Using valid SQLite, answer ...' + question; "
                       "completion continues 'SELECT'",
             "stop": list(STOP),
-            "checker": "execution accuracy: multiset of rows (list if gold has ORDER BY), any column order; "
-                       "read-only SQLite on the host, errors and timeouts are wrong",
+            "checker": "test-suite-sql-eval execution match: multiset of rows (list if the gold contains "
+                       "'order by'), any column order; read-only SQLite on the host, errors and timeouts are wrong",
+            "normalisation": "'> =' -> '>=' (and '<', '!'), YEAR(CURDATE()) -> 2020, DISTINCT "
+                             + ("kept (keep_distinct)" if self.option("keep_distinct") else
+                                "removed from both queries (the official default)"),
+            "reference": "test-suite-sql-eval exec_eval.eval_exec_match on the official Spider databases",
+            "deliberate_differences": [
+                "the prediction is cut at its first ';' (with keep_distinct the evaluator fails 'Q; SELECT 1')",
+                "'value' is not replaced by '1' in predictions (the evaluator rewrites literals and names)",
+                "30 s per query (the evaluator's 60 s asyncio limit cannot interrupt a running query)",
+                "only <db_id>.sqlite, not every database in its folder",
+                "queries are read-only",
+            ],
             "timeout_s": TIMEOUT,
             "sqlite_version": sqlite3.sqlite_version,
             "skipped": "questions whose database file is missing: verdict 'skipped', outside the denominator",

@@ -1,11 +1,10 @@
-"""AIME 2024: zero-shot boxed prompt, integer answers ("025" == 25), n/30, pass@1 over samples and maj@K."""
+"""AIME 2024: zero-shot boxed prompt, answers judged by math-verify ("025" == 25), n/30, pass@1 and maj@K."""
 
 from __future__ import annotations
 
 import pytest
 from math_replay import reference_run, replay_run
 
-import tasks.aime24 as aime24_task
 from evalkit.answer_extraction import last_boxed
 from evalkit.data import DataConfig
 from evalkit.tasks import TaskError, get_task
@@ -26,25 +25,21 @@ def test_docs_and_prompt(aime):
     assert req.prompt.startswith("Every morning Aya goes for a $9$-kilometer-long walk")
     assert last_boxed(req.reference) == "204"  # the copy's solutions box with \framebox, \textbf{(113) }, ...
     assert task.request(docs[1]).reference.endswith("The final answer is $\\boxed{113}$.")
-    assert task.settings()["shots"] == 0 and "integer" in task.settings()["checker"]
+    assert task.settings()["shots"] == 0 and "math-verify" in task.settings()["checker"]
 
 
-def test_minerva_prompt_is_refused(aime):
-    task, docs = aime
-    task.prompt_variant = "minerva"
-    try:
-        with pytest.raises(TaskError, match="aime24: unknown prompt variant 'minerva'"):
-            task.request(docs[0])
-    finally:
-        task.prompt_variant = "boxed"
+def test_minerva_prompt_is_refused(data_dir):
+    with pytest.raises(TaskError, match="aime24: unknown --prompt 'minerva'; aime24 takes one of boxed"):
+        get_task("aime24", DataConfig.from_options(str(data_dir)), prompt="minerva")
 
 
 @pytest.mark.parametrize(("answer", "right"), [
     ("$\\boxed{25}$", True), ("$\\boxed{025}$", True), ("$\\boxed{25.0}$", True), ("The final answer is 25.", True),
-    ("$\\boxed{\\text{025}}$", True), ("$\\boxed{26}$", False), ("$\\boxed{\\frac{50}{2}}$", True),
+    ("$\\boxed{\\text{025}}$", False), ("$\\boxed{26}$", False), ("$\\boxed{\\frac{50}{2}}$", True),
+    ("$\\boxed{25^\\circ}$", True), ("$\\boxed{m+n=25}$", True),  # math-verify's reading, text is not a number
     ("$\\boxed{25.5}$", False), ("$\\boxed{x}$", False), ("no idea", False),
 ])
-def test_integer_comparison(aime, answer, right):
+def test_answer_comparison(aime, answer, right):
     task, docs = aime
     assert task.score(docs[7], answer).passed is right  # gold "025"
 
@@ -77,6 +72,6 @@ def test_hub_rows(monkeypatch):
         assert (repo, split) == ("Maxwell-Jia/AIME_2024", "train")
         return [{"ID": "2024-I-1", "Problem": "p", "Solution": "s", "Answer": 204}], {"source": "hub", "repo": repo}
 
-    monkeypatch.setattr(aime24_task, "hub_rows", fake_hub_rows)
+    monkeypatch.setattr("evalkit.data.hub_rows", fake_hub_rows)
     docs = get_task("aime24", DataConfig(mirror=None)).docs()
     assert docs == [{"task_id": "2024-I-1", "problem": "p", "solution": "s", "answer": "204"}]

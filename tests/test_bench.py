@@ -49,7 +49,7 @@ def colour_pixels(path: Path, rgb: tuple[int, int, int]) -> int:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "tiny"
-    text = bench("--preset", "tiny", "--threads", "1", "--out-dir", out)
+    text = bench("--preset", "tiny", "--threads", "1", "--output-path", out)
     assert f"wrote {out / 'bench.json'}" in text
     return out
 
@@ -100,7 +100,7 @@ def test_a_curve_stops_cleanly_where_the_context_cannot_fit(tmp_path):
     # 2**45 tokens would need terabytes: predicted from the measured sizes, never attempted.
     huge = (32, 64, 2**45, 2**46)
     out = tmp_path / "huge"
-    text = bench("--preset", "tiny", "--archs", "swa", "--contexts", ",".join(map(str, huge)), "--out-dir", out)
+    text = bench("--preset", "tiny", "--archs", "swa", "--contexts", ",".join(map(str, huge)), "--output-path", out)
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert [(r["context"], r["status"]) for r in rows] == [(32, "ok"), (64, "ok"), (2**45, "would not fit"),
                                                            (2**46, "would not fit")]
@@ -110,7 +110,7 @@ def test_a_curve_stops_cleanly_where_the_context_cannot_fit(tmp_path):
 
 def test_a_memory_budget_below_the_weights_stops_every_curve(tmp_path):
     out = tmp_path / "budget"
-    bench("--preset", "tiny", "--max-memory", "0.001", "--out-dir", out)
+    bench("--preset", "tiny", "--max-memory", "0.001", "--output-path", out)
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert len(rows) == len(ARCHS) * len(TINY.contexts)
     assert {r["status"] for r in rows} == {"would not fit"}

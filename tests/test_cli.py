@@ -21,20 +21,38 @@ def test_every_task_is_registered_and_every_adapter_imports():
     assert EXPECTED_TASKS <= set(task_names())
 
 
-def test_tasks_command_lists_them_with_a_description():
+def test_tasks_command_lists_them_with_a_description_and_their_options():
     res = CliRunner().invoke(app, ["tasks"])
     assert res.exit_code == 0
-    listed = {line.split()[0]: line for line in res.output.splitlines() if line.strip()}
+    lines = res.output.splitlines()
+    listed = {line.split()[0]: i for i, line in enumerate(lines) if line and not line.startswith(" ")}
     assert EXPECTED_TASKS <= set(listed)
-    assert all(len(line.split()) > 2 for line in listed.values())  # each has a description
+    assert all(len(lines[i].split()) > 2 for i in listed.values())  # each has a description
+    assert "--prompt minerva*|boxed" in lines[listed["math500"] + 1]
+    assert "--prompt 3-shot*|zero-shot" in lines[listed["mbpp"] + 1]
+    assert "--task-option timeout=10.0" in lines[listed["humaneval"] + 1]
+
+
+def _command(path: list[str]):
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return command
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["tasks"], ["sandbox"], ["sandbox", "build"], ["sandbox", "check"],
                                      ["report"], ["compare"], ["gate"], ["bench"]])
-def test_help_explains_each_command(command):
-    res = CliRunner().invoke(app, [*command, "--help"])
+def test_help_explains_each_command_and_every_visible_option(command):
+    res = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
     assert res.exit_code == 0, res.output
-    assert "Usage" in res.output and len(res.output.splitlines()) > 5
+    assert "Usage" in res.output
+    for param in _command(command).params:
+        if getattr(param, "hidden", False) or not param.opts or param.name == "help":
+            continue
+        assert param.opts[0] in res.output, f"{param.opts[0]} missing from `{' '.join(command)} --help`"
+        assert param.help, f"{param.opts[0]} of `{' '.join(command)}` has no help text"
 
 
 def test_per_task_prompt_option():

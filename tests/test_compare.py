@@ -7,7 +7,9 @@ from replayed_runs import HUMANEVAL_SIZE, replayed_run, task_ids
 from typer.testing import CliRunner
 
 from evalkit.cli import app
-from evalkit.compare import compare_runs, differing_settings, load_run, natural_key
+from evalkit.compare import compare_runs
+from evalkit.experiment import differing_settings
+from evalkit.store import load_run, natural_key
 
 TEN_PERCENT = round(0.10 * HUMANEVAL_SIZE)
 

@@ -130,7 +130,7 @@ def test_loads_from_the_hub_without_a_mirror(monkeypatch, docs):
         calls.append((repo, split, config))
         return [{k: d[k] for k in ("id", "code", "input", "output")} for d in docs[:3]], {"source": "hub"}
 
-    monkeypatch.setattr("tasks.cruxeval.hub_rows", fake_hub_rows)
+    monkeypatch.setattr("evalkit.data.hub_rows", fake_hub_rows)
     task = get_task("cruxeval-i", DataConfig())
     assert [d["task_id"] for d in task.docs()] == ["sample_0", "sample_1", "sample_2"]
     assert calls == [("cruxeval-org/cruxeval", "test", None)]

@@ -13,8 +13,8 @@ from replayed_runs import HUMANEVAL_SIZE, copy_run, humaneval_problems, replayed
 from typer.testing import CliRunner
 
 from evalkit.cli import app
-from evalkit.compare import load_run
 from evalkit.gate import IncomparableRuns, gate_runs, mcnemar_exact_p, paired_bootstrap_p
+from evalkit.store import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "results" / "baselines" / "humaneval-reference"

@@ -187,7 +187,7 @@ def test_no_docker_engine_gives_a_clear_error(monkeypatch, tmp_path):
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
     res = CliRunner().invoke(app, ["run", "--model", "reference", "--tasks", "humaneval", "--limit", "1",
-                                   "--output-dir", str(tmp_path / "runs"), "--no-progress"])
+                                   "--output-path", str(tmp_path / "runs"), "--no-progress"])
     assert res.exit_code == 2
     assert "no Docker engine is reachable" in res.output and "dockerd" in res.output
     assert "Traceback" not in res.output

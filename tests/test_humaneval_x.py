@@ -171,7 +171,7 @@ def test_loads_from_the_hub_without_a_mirror(monkeypatch, docs):
         calls.append((repo, split, config))
         return list(docs["go"].values())[:2], {}
 
-    monkeypatch.setattr("tasks.humaneval_x.hub_rows", fake_hub_rows)
+    monkeypatch.setattr("evalkit.data.hub_rows", fake_hub_rows)
     task = get_task("humaneval-x-go", DataConfig())
     assert [d["task_id"] for d in task.docs()] == ["Go/0", "Go/1"]
     assert calls == [("THUDM/humaneval-x", "test", "go")]

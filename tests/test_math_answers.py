@@ -10,8 +10,10 @@ import pytest
 from evalkit.answer_extraction import (
     extract_math_answer,
     final_answer_phrase,
-    gsm8k_flexible_answer,
-    gsm8k_strict_answer,
+    gsm8k_exact_match_key,
+    gsm8k_flexible_extract,
+    gsm8k_stated_answer,
+    gsm8k_strict_match,
     last_boxed,
     parse_number,
 )
@@ -39,28 +41,43 @@ def test_last_boxed_variants_and_failures():
     assert last_boxed("cut off \\boxed{\\frac{1}{2") is None  # unbalanced: generation stopped inside
 
 
-def test_extraction_order_box_then_final_answer_then_last_number():
-    assert extract_math_answer("x = 3, so $\\boxed{4}$.\nFinal Answer: The final answer is $5$.") == ("4", "boxed")
-    minerva = "It is 12.\nFinal Answer: The final answer is $\\frac{2}{3}$. I hope it is correct."
+def test_extraction_order_is_math_verifys():
+    # Minerva's closing sentence beats a box, wherever each stands.
+    minerva = "It is 12, $\\boxed{3}$.\nFinal Answer: The final answer is $\\frac{2}{3}$. I hope it is correct."
     assert extract_math_answer(minerva) == ("\\frac{2}{3}", "final_answer")
-    assert extract_math_answer("We get 3 apples and then 1,250.5 pears") == ("1,250.5", "last_number")
+    # A box and a free "final answer is": the one that ends later.
+    assert extract_math_answer("x = 3, so $\\boxed{4}$.\nThe final answer is $5$.") == ("5", "final_answer")
+    assert extract_math_answer("The final answer is $5$.\nNo: $\\boxed{4}$.") == ("4", "boxed")
+    assert extract_math_answer("The final answer is $\\boxed{7}$.") == ("7", "final_answer")
+    # Then a math span or a number standing after a space or "=": the one that ends later.
+    assert extract_math_answer("The result is $p - q$.") == ("p - q", "math_span")
+    assert extract_math_answer("The result is \\frac{14}{3}") == ("\\frac{14}{3}", "math_span")
+    assert extract_math_answer("We have $x^2$ and then 1,250.5 pears") == ("1,250.5", "last_number")
+    assert extract_math_answer("so $\\boxed{9") == (None, "none")  # cut off inside the box
     assert extract_math_answer("I cannot solve this.") == (None, "none")
 
 
 def test_final_answer_phrase_free_text():
     assert final_answer_phrase("Thus the final answer is 42.") == "42"
     assert final_answer_phrase("The final answer is: $x^2$\nMore text") == "x^2"
+    assert final_answer_phrase("The final answer is positive, because x > 0.") is None  # no math after "is"
+    sentence = "The final answer is $3$. I hope it is correct.\nSo the final answer is $4$."
+    assert final_answer_phrase(sentence) == "3"  # Minerva's closing sentence first, as math-verify
 
 
 def test_gsm8k_extractors():
     text = "She has 3 + 4 = 7 apples. The answer is 1,207.\n\nQ: next question 99"
-    assert gsm8k_strict_answer(text) == "1,207"
-    assert gsm8k_flexible_answer(text) == "99"
-    assert gsm8k_strict_answer("so\n#### 72") == "72"
-    assert gsm8k_strict_answer("The answer is $18.") == "18"
-    assert gsm8k_strict_answer("the answer is 5") is None  # the exemplars' capitalised phrase only
-    assert gsm8k_flexible_answer("It costs $1,000.") == "$1,000."
-    assert gsm8k_flexible_answer("no digits ...") is None
+    assert gsm8k_strict_match(text) == "1,207" and gsm8k_stated_answer(text) == "1,207"
+    assert gsm8k_flexible_extract(text) == "99"
+    # lm-eval's strict-match needs a character after the number; evalkit's stated answer does not.
+    assert gsm8k_strict_match("The answer is 72") == "7" and gsm8k_stated_answer("The answer is 72") == "72"
+    assert gsm8k_strict_match("so\n#### 72") is None and gsm8k_stated_answer("so\n#### 72") == "72"
+    assert gsm8k_strict_match("The answer is $18.") is None and gsm8k_stated_answer("The answer is $18.") == "18"
+    assert gsm8k_stated_answer("the answer is 5") is None  # the exemplars' capitalised phrase only
+    assert gsm8k_flexible_extract("It costs $1,000.") == "$1,000."
+    assert gsm8k_flexible_extract("no digits ...") == "..."  # lm-eval's flexible pattern takes it as a number
+    assert gsm8k_flexible_extract("no digits at all") is None and gsm8k_flexible_extract("only 7") == "7"
+    assert gsm8k_exact_match_key("$1,000.") == "1000" and gsm8k_exact_match_key("18.00") == "18.00"
     assert parse_number("$1,000.") == 1000.0 and parse_number("-3.50") == -3.5 and parse_number("abc") is None
 
 
@@ -117,8 +134,10 @@ def test_different_answers_fail(gold, pred):
 
 
 def test_normalisation_never_merges_different_numbers():
-    assert normalize_answer("\\left( 3, \\frac{\\pi}{2} \\right)") == "(3,\\frac{\\pi}{2})"
-    assert normalize_answer("1,000") == "1000" and normalize_answer("1,2") == "1,2"  # a tuple stays a tuple
+    assert normalize_answer("\\left( 3, \\frac{\\pi}{2} \\right)") == "(3, \\frac{\\pi}{2})"
+    assert exact_number("1,000") == 1000 and exact_number("1,2") is None  # a tuple stays a tuple
+    assert exact_number("2, 220") is None and exact_number("010,080") is None  # pairs for math-verify
+    assert normalize_answer("4 2") != normalize_answer("42") and exact_number("9.") is None
     assert exact_number("10\\%") is None  # 10 or 0.1: left to math-verify
     assert exact_number("-\\frac{3}{4}") == exact_number("-0.75")
 

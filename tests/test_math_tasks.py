@@ -52,35 +52,26 @@ def test_default_prompt_is_minerva_four_shot(math500_docs):
     assert settings["shots"] == 4 and "Minerva" in settings["prompt_source"]
 
 
-def test_boxed_prompt_variant(math500_docs):
-    task, docs = math500_docs
-    task.prompt_variant = "boxed"
-    try:
-        req = task.request(docs[0])
-        assert req.prompt == (f"{docs[0]['problem']}\n"
-                              "Please reason step by step, and put your final answer within \\boxed{}.\n")
-        assert req.stop == () and task.settings()["shots"] == 0
-        task.prompt_variant = "fancy"
-        with pytest.raises(TaskError, match="unknown prompt variant 'fancy'"):
-            task.request(docs[0])
-    finally:
-        task.prompt_variant = "minerva"
+def test_boxed_prompt_variant(math500_docs, data_dir):
+    _, docs = math500_docs
+    task = get_task("math500", DataConfig.from_options(str(data_dir)), prompt="boxed")
+    req = task.request(docs[0])
+    assert req.prompt == (f"{docs[0]['problem']}\n"
+                          "Please reason step by step, and put your final answer within \\boxed{}.\n")
+    assert req.stop == () and task.settings()["shots"] == 0
+    with pytest.raises(TaskError, match="unknown --prompt 'fancy'; math500 takes one of minerva, boxed"):
+        get_task("math500", DataConfig.from_options(str(data_dir)), prompt="fancy")
 
 
 @pytest.mark.parametrize("variant", ["minerva", "boxed"])
-def test_full_reference_self_check_is_fast(math_docs, math500_docs, variant):
-    """All 5500 reference solutions score as correct, through the string fast path (no sympy)."""
-    for task, docs in (math_docs, math500_docs):
-        task.prompt_variant = variant
-        try:
-            start = time.perf_counter()
-            scored = [task.score(d, task.request(d).reference) for d in docs]
-            elapsed = time.perf_counter() - start
-        finally:
-            task.prompt_variant = "minerva"
+def test_full_reference_self_check_takes_the_string_fast_path(math_docs, math500_docs, data_dir, variant):
+    """All 5500 reference solutions score as correct, through the string fast path (no sympy). How fast that is
+    is measured by benchmarks, not here."""
+    for name, (_, docs) in (("math", math_docs), ("math500", math500_docs)):
+        task = get_task(name, DataConfig.from_options(str(data_dir)), prompt=variant)
+        scored = [task.score(d, task.request(d).reference) for d in docs]
         assert [s.verdict for s in scored].count("passed") == len(docs)
         assert {s.extra["check"] for s in scored} == {"string"}
-        assert elapsed < 20, f"{task.name}: {elapsed:.1f}s to score {len(docs)} reference answers"
 
 
 def test_reference_run_scores_one_on_every_math_and_knowledge_task(tmp_path):
@@ -89,7 +80,7 @@ def test_reference_run_scores_one_on_every_math_and_knowledge_task(tmp_path):
     assert metrics == {
         "math": {"accuracy": 1.0},
         "math500": {"accuracy": 1.0},
-        "gsm8k": {"strict_match": 1.0, "flexible_extract": 1.0},
+        "gsm8k": {"strict_match": 1.0, "flexible_extract": 1.0, "numeric_match": 1.0},
         "mmlu": {"acc": 1.0, "acc_macro": 1.0},
         "aime24": {"accuracy": 1.0},
     }
@@ -132,12 +123,12 @@ def test_replayed_samples_give_mean_accuracy_and_majority_over_equivalent_answer
         "math/2": ["\\boxed{9/7}", "\\boxed{\\frac{18}{14}}", "\\boxed{1.3}"],
         "math/3": ["\\boxed{-i}", "\\boxed{i}", "\\boxed{1}"],  # three singletons: the first one wins
         "math/4": ["so x = 4", "\\boxed{x=4}", "\\boxed{5}"],
-        "math/5": ["The total is 402", "\\boxed{402}", "\\boxed{4 0 2}"],
+        "math/5": ["The total is 402", "\\boxed{402}", "\\boxed{4 0 2}"],  # 4 0 2 is no number for math-verify
     }
     lines = [{"task_id": tid, "completion": c} for tid, cs in samples.items() for c in cs]
     summary, records = replay_run(tmp_path, "math", lines)
     assert summary["samples_per_problem"] == 3
-    assert summary["metrics"]["accuracy"] == pytest.approx((2 + 1 + 2 + 1 + 2 + 3) / 18)
+    assert summary["metrics"]["accuracy"] == pytest.approx((2 + 1 + 2 + 1 + 2 + 2) / 18)
     assert summary["metrics"]["maj@3"] == pytest.approx(4 / 6)
     assert set(summary["stderr"]) == {"accuracy", "maj@3"} == set(summary["stderr_method"])
 
@@ -171,7 +162,7 @@ def test_hub_rows_are_read_like_the_mirror(monkeypatch):
             rows = [{"problem": f"{config}?", "solution": "so $\\boxed{7}$", "level": "Level 1", "type": config}]
         return rows, {"source": "hub", "repo": repo}
 
-    monkeypatch.setattr(math_tasks, "hub_rows", fake_hub_rows)
+    monkeypatch.setattr("evalkit.data.hub_rows", fake_hub_rows)
     hub = DataConfig(mirror=None)
     docs = get_task("math", hub).docs()
     assert [d["task_id"] for d in docs] == [f"math/{i}" for i in range(7)] and docs[0]["answer"] == "7"

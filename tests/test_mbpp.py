@@ -24,8 +24,7 @@ EXEMPLAR_2 = (
 
 
 def load(name: str, data_dir, variant: str | None = None):
-    task = get_task(name, DataConfig(mirror=data_dir))
-    task.prompt_variant = variant
+    task = get_task(name, DataConfig(mirror=data_dir), prompt=variant)
     return task, {d["task_id"]: d for d in task.docs()}
 
 
@@ -106,9 +105,10 @@ def test_reference_solutions_pass(self_check, name):
 
 
 @pytest.mark.docker
-def test_wrong_answers_and_early_exits_fail(sandbox, mbpp, monkeypatch):
-    task, docs = mbpp
-    monkeypatch.setattr(task, "timeout", 3.0)
+def test_wrong_answers_and_early_exits_fail(sandbox, mbpp, data_dir):
+    _, docs = mbpp
+    task = get_task("mbpp", DataConfig(mirror=data_dir), timeout=3.0)
+    task.docs()
     doc = docs["11"]
     wrong = doc["code"].replace("return", "return None and", 1)
     assert task.score(doc, wrong, sandbox).verdict == "failed"
@@ -127,7 +127,7 @@ def test_loads_from_the_hub_without_a_mirror(monkeypatch, data_dir):
         ids = (2, 3, 4) if split == "prompt" else (11, 12)
         return [rows[i] for i in ids], {"source": "hub", "repo": repo}
 
-    monkeypatch.setattr("tasks.mbpp.hub_rows", fake_hub_rows)
+    monkeypatch.setattr("evalkit.data.hub_rows", fake_hub_rows)
     task = get_task("mbpp", DataConfig())
     assert [d["task_id"] for d in task.docs()] == ["11", "12"]
     assert sorted(calls) == [("google-research-datasets/mbpp", "prompt", "full"),

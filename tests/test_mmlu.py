@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from math_replay import replay_run
@@ -88,18 +89,84 @@ def test_descriptions_equal_lm_eval_for_every_subject(mmlu):
         assert task.request(doc).context.startswith(lm_eval_mmlu_yaml(subject)["description"]), subject
 
 
+INF = float("inf")
+
+# Held-out-style log-likelihood rows (gold is A): clear wins, ties, -inf where a backend cannot produce a choice,
+# all -inf, positive values from a broken normaliser, and NaN or +inf, which are a backend failure.
+LOGLIKELIHOOD_CASES = {
+    "gold_best": [-0.5, -2.0, -3.0, -4.0],
+    "other_best": [-2.0, -0.5, -3.0, -4.0],
+    "tie_first": [-1.0, -1.0, -3.0, -4.0],
+    "tie_later": [-3.0, -1.0, -1.0, -4.0],
+    "all_equal": [-1.0, -1.0, -1.0, -1.0],
+    "gold_neg_inf": [-INF, -1.0, -2.0, -3.0],
+    "other_neg_inf": [-1.0, -INF, -INF, -2.0],
+    "only_gold_finite": [-9.0, -INF, -INF, -INF],
+    "only_other_finite": [-INF, -INF, -INF, -9.0],
+    "all_neg_inf": [-INF, -INF, -INF, -INF],
+    "tiny_differences": [-1.0000001, -1.0, -1.0000002, -5.0],
+    "large_magnitudes": [-1e300, -1e301, -1e302, -1e303],
+    "positive_values": [0.5, 0.2, -0.1, 0.0],
+    "zeros": [0.0, 0.0, 0.0, 0.0],
+    "nan": [float("nan"), -1.0, -2.0, -3.0],
+    "nan_not_first": [-1.0, float("nan"), -2.0, -3.0],
+    "pos_inf": [-1.0, INF, -2.0, -3.0],
+}
+
+# Where evalkit deliberately differs from lm-eval's argmax, and why.
+DELIBERATE = {
+    "nan": "NaN is no log-probability: evalkit records a backend failure (verdict error, redone by --resume); "
+           "numpy's argmax picks the first NaN",
+    "nan_not_first": "the same",
+    "pos_inf": "+inf is no log-probability either; lm-eval would pick it",
+}
+
+
 def test_verdicts_agree_with_lm_eval_on_replayed_loglikelihoods(mmlu, lm_eval_mmlu):
     task, _ = mmlu
     rng = random.Random(7)
     compared = 0
     for lm_task, ours in lm_eval_mmlu.values():
         for doc, lm_doc in zip(ours, lm_task.test_docs(), strict=True):
-            # Coarse values so that ties (resolved to the first maximum by both) occur.
-            lls = [float(rng.randint(-4, 0)) for _ in range(4)]
-            theirs = lm_task.process_results(lm_doc, [(ll, False) for ll in lls])["acc"]
+            # Coarse values so that ties (resolved to the first maximum by both) occur; some -inf.
+            lls = [rng.choice([float(rng.randint(-4, 0)), -INF]) for _ in range(4)]
+            with np.errstate(invalid="ignore"):  # lm-eval's softmax of an all -inf row
+                theirs = lm_task.process_results(lm_doc, [(ll, False) for ll in lls])["acc"]
             assert task.score(doc, lls).passed == bool(theirs), (doc["task_id"], lls)
             compared += 1
     assert compared == 100 + 100 + 126
+
+
+def test_held_out_rows_equal_lm_evals_argmax_except_the_listed_cases(mmlu, lm_eval_mmlu):
+    task, _ = mmlu
+    lm_task, ours = lm_eval_mmlu["abstract_algebra"]
+    doc, lm_doc = ours[0], lm_task.test_docs()[0]
+    differ = {}
+    for gold in range(4):  # each row with the gold at every position
+        doc, lm_doc = dict(doc, answer=gold), dict(lm_doc, answer=gold)
+        for case, lls in LOGLIKELIHOOD_CASES.items():
+            scored = task.score(doc, lls)
+            with np.errstate(invalid="ignore"):
+                theirs = bool(lm_task.process_results(lm_doc, [(ll, False) for ll in lls])["acc"])
+            assert theirs == (int(np.argmax(lls)) == gold)  # lm-eval's acc is argmax == gold
+            if scored.verdict == "error" or scored.passed != theirs:
+                differ[case] = scored.verdict
+    assert differ == dict.fromkeys(DELIBERATE, "error")
+    assert task.score(doc, [-INF] * 4).answer == "A"  # all -inf: the first choice, as argmax
+
+
+def test_replayed_neg_inf_rows_are_scored_and_nan_rows_are_errors(tmp_path, mmlu):
+    _, docs = mmlu
+    nan = float("nan")
+    rows = [[-1.0, -2.0, -INF, -INF], [-INF] * 4, [nan, -1.0, -1.0, -1.0], [-INF, -1.0, -2.0, -3.0]]
+    lines = [{"task_id": d["task_id"], "loglikelihoods": lls} for d, lls in zip(docs, rows, strict=False)]
+    summary, records = replay_run(tmp_path, "mmlu", lines)  # the replay file holds -Infinity and NaN
+    verdicts = {r["task_id"]: r["verdict"] for r in records}
+    for doc, lls in zip(docs, rows, strict=False):
+        argmax_right = int(np.argmax(lls)) == doc["answer"]
+        expected = "error" if any(np.isnan(lls)) else ("passed" if argmax_right else "failed")
+        assert verdicts[doc["task_id"]] == expected, (doc["task_id"], lls)
+    assert summary["verdicts"].get("error") == 1
 
 
 def test_replayed_scores_micro_macro_and_per_subject(tmp_path, mmlu):
@@ -131,6 +198,9 @@ def test_malformed_loglikelihoods_are_an_error_not_a_guess(mmlu):
     task, docs = mmlu
     assert task.score(docs[0], [0.0, -1.0]).verdict == "error"
     assert task.score(docs[0], [float("nan"), 0.0, 0.0, 0.0]).verdict == "error"
+    gold = docs[0]["answer"]
+    ranked_last = task.score(docs[0], [float("-inf") if k == gold else -1.0 for k in range(4)])
+    assert ranked_last.verdict == "failed" and ranked_last.answer == ("B" if gold == 0 else "A")
     summary = task.aggregate([{"task_id": "x", "verdict": "error", "extra": {"subject": "anatomy"}}], SamplingParams())
     assert summary["metrics"]["acc"] == 0.0
 

@@ -248,7 +248,7 @@ def test_loads_from_the_hub_without_a_mirror(monkeypatch, docs):
         calls.append((repo, split, config))
         return [{k: v for k, v in d.items() if k != "task_id"} for d in list(docs["js"].values())[:2]], {}
 
-    monkeypatch.setattr("tasks.multipl_e.hub_rows", fake_hub_rows)
+    monkeypatch.setattr("evalkit.data.hub_rows", fake_hub_rows)
     task = get_task("multipl-e-js", DataConfig())
     assert [d["task_id"] for d in task.docs()] == list(docs["js"])[:2]
     assert calls == [("nuprl/MultiPL-E", "test", "humaneval-js")]

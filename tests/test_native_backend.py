@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from mamba2_checkpoints import oracle, save_hf
@@ -64,13 +66,18 @@ def test_continuation_keeps_its_leading_space():
     assert tok.decode_continuation(prompt, whole[len(prompt) :]) == " x + 1  # ✓"
 
 
+def texts(out: list[list]) -> list[list[str]]:
+    return [[c.text for c in samples] for samples in out]
+
+
 def test_greedy_generation_matches_plain_generate(backend):
-    requests = [GenerationRequest(task_id=f"t{i}", prompt=p, max_tokens=12) for i, p in enumerate(PROMPTS)]
-    out = backend.generate(requests, SamplingParams(n=2))
-    for request, texts in zip(requests, out, strict=True):
+    requests = [GenerationRequest(task_id=f"t{i}", prompt=p, max_tokens=12, sample_indices=(0, 1))
+                for i, p in enumerate(PROMPTS)]
+    out = texts(backend.generate(requests, SamplingParams(n=2)))
+    for request, texts_ in zip(requests, out, strict=True):
         expected = greedy_text(backend, request.prompt, 12)
-        assert texts == [expected, expected]  # greedy: the n samples are the same sequence
-        assert len(backend.tokenizer.encode(texts[0], bos=False)) > 3
+        assert texts_ == [expected, expected]  # greedy: the n samples are the same sequence
+        assert len(backend.tokenizer.encode(texts_[0], bos=False)) > 3
 
 
 def test_stop_sequences_cut_and_end_generation(backend):
@@ -79,7 +86,8 @@ def test_stop_sequences_cut_and_end_generation(backend):
     assert stop.strip(), f"pick a visible stop string from {full!r}"
     expected = full[: full.index(stop)]
     request = GenerationRequest(task_id="s", prompt=PROMPTS[0], stop=("<never>", stop), max_tokens=30)
-    assert backend.generate([request], SamplingParams()) == [[expected]]
+    [[completion]] = backend.generate([request], SamplingParams())
+    assert completion.text == expected and completion.finish_reason == "stop"
 
     tok = backend.tokenizer
     job = GenerationJob(prompt_ids=tok.encode(PROMPTS[0]), max_new_tokens=30, seeds=[0], stop=(stop,))
@@ -117,10 +125,11 @@ def test_sequences_leave_the_batch_without_changing_results(backend):
 
 def test_sampling_is_seeded_per_sample_whatever_the_batching(backend, checkpoint_dir):
     requests = [
-        GenerationRequest(task_id=f"task/{i}", prompt=p, max_tokens=6 + 3 * i) for i, p in enumerate(PROMPTS)
+        GenerationRequest(task_id=f"task/{i}", prompt=p, max_tokens=6 + 3 * i, sample_indices=(0, 1, 2))
+        for i, p in enumerate(PROMPTS)
     ]
     sampling = SamplingParams(n=3, temperature=1.0, top_p=0.95, seed=11)
-    batched = backend.generate(requests, sampling)
+    batched = texts(backend.generate(requests, sampling))
     assert [len(samples) for samples in batched] == [3, 3, 3]
     assert all(len(set(samples)) > 1 for samples in batched)  # different samples per prompt
 
@@ -132,10 +141,13 @@ def test_sampling_is_seeded_per_sample_whatever_the_batching(backend, checkpoint
         arch=backend.arch,
         batch_size=1,
     )
-    assert one_at_a_time.generate(requests, sampling) == batched
-    assert backend.generate(requests[::-1], sampling) == batched[::-1]  # order and neighbours don't matter
-    assert backend.generate([requests[1]], sampling) == [batched[1]]
-    reseeded = backend.generate(requests, SamplingParams(n=3, temperature=1.0, top_p=0.95, seed=12))
+    assert texts(one_at_a_time.generate(requests, sampling)) == batched
+    assert texts(backend.generate(requests[::-1], sampling)) == batched[::-1]  # order and neighbours don't matter
+    assert texts(backend.generate([requests[1]], sampling)) == [batched[1]]
+    # a request for some sample indices draws exactly those samples
+    assert texts(backend.generate([replace(requests[1], sample_indices=(2, 0))], sampling)) == [
+        [batched[1][2], batched[1][0]]]
+    reseeded = texts(backend.generate(requests, SamplingParams(n=3, temperature=1.0, top_p=0.95, seed=12)))
     assert reseeded != batched
 
 

@@ -34,8 +34,8 @@ def test_tiny_checkpoint_runs_humaneval(arch, tmp_path):
     else:
         tiny_mistral_hf(ckpt)
     res = CliRunner().invoke(app, ["run", "--model", str(ckpt), "--tasks", "humaneval", "--limit", "3",
-                                   "--max-tokens", "24", "--samples", "2", "--temperature", "0.8",
-                                   "--output-dir", str(tmp_path / "runs"), "--no-progress"])
+                                   "--max-tokens", "24", "--n-samples", "2", "--temperature", "0.8",
+                                   "--output-path", str(tmp_path / "runs"), "--no-progress"])
     assert res.exit_code == 0, res.output
     run_dir = next((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())

@@ -37,7 +37,7 @@ def test_replay_input_errors_name_the_line(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     res = CliRunner().invoke(app, ["run", "--model", f"replay:{path}", "--tasks", "humaneval",
-                                   "--output-dir", str(tmp_path / "runs"), "--no-progress"])
+                                   "--output-path", str(tmp_path / "runs"), "--no-progress"])
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert "Traceback" not in res.output
@@ -60,8 +60,8 @@ def test_replay_groups_samples_per_problem(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     backend = ReplayBackend(path, KNOWN)
     assert backend.samples_per_problem == 3
-    out = backend.generate([GenerationRequest("HumanEval/1", "p")], SamplingParams(n=3))
-    assert out == [["c1-0", "c1-1", "c1-2"]]
+    out = backend.generate([GenerationRequest("HumanEval/1", "p", sample_indices=(0, 1, 2))], SamplingParams(n=3))
+    assert [[c.text for c in samples] for samples in out] == [["c1-0", "c1-1", "c1-2"]]
 
 
 def test_unknown_task_is_a_clear_error(tmp_path):

@@ -15,9 +15,9 @@ from replayed_runs import HUMANEVAL_SIZE, replayed_run, task_ids
 from typer.testing import CliRunner
 
 from evalkit.cli import app
-from evalkit.compare import load_run
 from evalkit.plots import PNG_SIGNATURE
 from evalkit.report import FLAG, leaderboard
+from evalkit.store import load_run
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 TEN_PERCENT = round(0.10 * HUMANEVAL_SIZE)
@@ -62,7 +62,7 @@ def test_leaderboard_numbers_match_the_replayed_flips(runs):
 
 def test_markdown_report(runs, tmp_path):
     out = tmp_path / "board.md"
-    report(*runs.values(), "--out", out)
+    report(*runs.values(), "--output-path", out)
     text = out.read_text()
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (replay:[^|]+) \| ([^|]+) \|$", text, re.M)}
     assert rows == {
@@ -79,7 +79,7 @@ def test_markdown_report(runs, tmp_path):
 def test_differing_settings_are_flagged(runs, tmp_path):
     limited = replayed_run("base-40", limit=40)
     out = tmp_path / "board.md"
-    report(runs["base"], runs["flip-1"], limited, "--out", out)
+    report(runs["base"], runs["flip-1"], limited, "--output-path", out)
     text = out.read_text()
     assert f"| humaneval pass@1 {FLAG} |" in text
     table = markdown_table(text.split("## Settings that differ between runs")[1])
@@ -99,7 +99,7 @@ def markdown_table(text: str) -> dict[str, dict[str, str]]:
 
 def test_html_report_embeds_the_plot(runs, tmp_path):
     out = tmp_path / "board.html"
-    report(*runs.values(), "--out", out)
+    report(*runs.values(), "--output-path", out)
     page = out.read_text()
     assert expected_cell(TEN_PERCENT) in page and "<table>" in page
     [data] = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
@@ -107,9 +107,9 @@ def test_html_report_embeds_the_plot(runs, tmp_path):
 
 
 def test_report_rejects_an_unknown_format_and_a_missing_run(runs, tmp_path):
-    result = CliRunner().invoke(app, ["report", str(runs["base"]), "--out", str(tmp_path / "board.pdf")])
+    result = CliRunner().invoke(app, ["report", str(runs["base"]), "--output-path", str(tmp_path / "board.pdf")])
     assert result.exit_code == 2 and ".md or .html" in result.output
-    result = CliRunner().invoke(app, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "b.md")])
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "nope"), "--output-path", str(tmp_path / "b.md")])
     assert result.exit_code == 2 and "not a run folder" in result.output
 
 
@@ -118,7 +118,7 @@ def test_html_report_renders_in_headless_chromium(runs, tmp_path):
     if browser is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     out = tmp_path / "board.html"
-    report(*runs.values(), "--out", out)
+    report(*runs.values(), "--output-path", out)
     shot = tmp_path / "shot.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync", "--no-first-run",

@@ -37,7 +37,7 @@ def slow_replay(tmp_path_factory, data_dir) -> Path:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "evalkit.cli", "run", *args, "--no-progress", "--sandbox-workers", "1",
-            "--batch-size", "2"]
+            "--requests-per-call", "2"]
 
 
 def lines(path: Path) -> list[dict]:
@@ -67,7 +67,7 @@ def clean_run(slow_replay, tmp_path_factory) -> tuple[Path, dict]:
     """The same replay, uninterrupted: what every resumed run must end up equal to."""
     opts = RunOptions(model=f"replay:{slow_replay}", tasks=["humaneval"], limit=N,
                       output_dir=tmp_path_factory.mktemp("clean"), data=DataConfig.from_options(),
-                      sandbox_workers=1, batch_size=2)
+                      sandbox_workers=1, requests_per_call=2)
     return run_evaluation(opts, progress=False, log=lambda m: None)
 
 
@@ -77,7 +77,7 @@ def copy_of(run_dir: Path, tmp_path: Path) -> Path:
 
 def test_resume_after_kill_9(slow_replay, clean_run, tmp_path):
     out = tmp_path / "runs"
-    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-dir", str(out))
+    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-path", str(out))
     run_dir, proc = start_and_stop(args, out, signal.SIGKILL, after_samples=6)
     assert proc.returncode == -signal.SIGKILL
     done_before = {(s["task_id"], s["sample_index"]) for s in lines(run_dir / "samples.jsonl")}
@@ -85,7 +85,7 @@ def test_resume_after_kill_9(slow_replay, clean_run, tmp_path):
     assert not (run_dir / "results.json").exists()
 
     resumed = subprocess.run(cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N),
-                                 "--output-dir", str(out), "--resume", str(run_dir)),
+                                 "--output-path", str(out), "--resume", str(run_dir)),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     samples = lines(run_dir / "samples.jsonl")
@@ -101,7 +101,7 @@ def test_resume_after_kill_9(slow_replay, clean_run, tmp_path):
 
 def test_ctrl_c_says_how_to_resume(slow_replay, tmp_path):
     out = tmp_path / "runs"
-    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-dir", str(out))
+    args = cli("--model", f"replay:{slow_replay}", "--tasks", "humaneval", "--limit", str(N), "--output-path", str(out))
     run_dir, proc = start_and_stop(args, out, signal.SIGINT, after_samples=2)
     stderr = proc.stderr.read()
     assert proc.returncode == 130
@@ -116,7 +116,7 @@ def test_torn_last_line_is_redone(slow_replay, clean_run, tmp_path):
     samples_file.write_text("".join(kept) + kept[-1][:40])  # a line cut short by a crash or a full disk
     (run_dir / "results.json").unlink()
     opts = RunOptions(model=f"replay:{slow_replay}", tasks=["humaneval"], limit=N, resume=run_dir,
-                      data=DataConfig.from_options(), sandbox_workers=1, batch_size=2)
+                      data=DataConfig.from_options(), sandbox_workers=1, requests_per_call=2)
     _, results = run_evaluation(opts, progress=False, log=lambda m: None)
     assert results["tasks"] == clean_run[1]["tasks"]
     assert len(lines_ignoring_torn(samples_file)) == N
@@ -154,7 +154,7 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path, monkeypatch):
         return real_append(self, name, rows)
 
     opts = RunOptions(model="reference", tasks=["humaneval"], limit=40, output_dir=tmp_path,
-                      data=DataConfig.from_options(), batch_size=8)
+                      data=DataConfig.from_options(), requests_per_call=8)
     monkeypatch.setattr(RunStore, "append", append_until_disk_full)
     with pytest.raises(RunInterrupted) as stopped:
         run_evaluation(opts, progress=False, log=lambda m: None)

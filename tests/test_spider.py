@@ -152,7 +152,7 @@ def test_loads_questions_from_the_hub_and_schemas_beside_the_databases(monkeypat
         calls.append((repo, split, config))
         return dev[:3], {"source": "hub"}
 
-    monkeypatch.setattr("tasks.spider.hub_rows", fake_hub_rows)
+    monkeypatch.setattr("evalkit.data.hub_rows", fake_hub_rows)
     root = official_layout(tmp_path, data_dir, with_wta_1=False)
     task = get_task("spider", DataConfig(spider_db_dir=root))
     docs = task.docs()

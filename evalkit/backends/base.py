@@ -4,29 +4,43 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import ClassVar
 
-from evalkit.requests import GenerationRequest, LoglikelihoodRequest, SamplingParams
+from evalkit.errors import BackendError
+from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores
 
-
-class BackendError(RuntimeError):
-    """A backend cannot serve a request; the message says why and how to fix it."""
+__all__ = ["Backend", "BackendError"]
 
 
 class Backend(ABC):
     """A model behind a small interface.
 
-    `generate` returns, for each request, `sampling.n` completions (the text after the prompt, cut
-    before the first stop sequence). `loglikelihood` returns, for each request, one log-probability
-    per continuation. Both take a batch; the runner decides the batch size.
+    `generate` returns, for each request, one Completion per entry of `request.sample_indices` (the text
+    after the prompt, cut before the first stop sequence). `loglikelihood` returns, for each request, one
+    log-probability per continuation, or a Failure. Both take a batch; the runner decides its size.
+
+    A backend is built by `from_spec(target, **options)`, where `target` is what follows the backend's prefix
+    in `--model` (`replay:FILE` -> `FILE`) and `options` are the backend options the user set (`dtype`,
+    `batch_size`, ...). `options` names every option the class accepts; `resolve_backend` refuses others.
     """
 
-    name: str = "backend"
+    name: ClassVar[str] = "backend"
+    options: ClassVar[frozenset[str]] = frozenset()
+    # Set by backends whose data decides how many samples each problem has (a replay file); None otherwise.
+    samples_per_problem: int | None = None
+    # False for backends that do not sample (the reference answers, a replay file): temperature means nothing.
+    draws_samples: ClassVar[bool] = True
+
+    @classmethod
+    def from_spec(cls, target: str, known_ids: dict[str, set[str]] | None = None, **options) -> Backend:
+        """Build the backend for `--model PREFIX:target`; `known_ids` are the selected tasks' problem ids."""
+        return cls(**options)
 
     @abstractmethod
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[str]]:
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
         ...
 
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[list[float]]:
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
         raise BackendError(f"backend {self.name!r} does not support log-likelihood scoring")
 
     def describe(self) -> dict:
@@ -34,16 +48,5 @@ class Backend(ABC):
         return {"name": self.name}
 
     def close(self) -> None:
-        """Release resources (processes, GPU memory)."""
+        """Release resources (processes, GPU memory, connections)."""
         return None
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-    """Cut `text` before the earliest occurrence of any stop sequence."""
-    cut = len(text)
-    for s in stop:
-        if s:
-            i = text.find(s)
-            if i != -1:
-                cut = min(cut, i)
-    return text[:cut]

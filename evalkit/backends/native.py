@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from evalkit.backends.base import Backend, BackendError, truncate_at_stop
+from evalkit.backends.base import Backend, BackendError
 from evalkit.models import load_model, model_arch
 from evalkit.models.checkpoint import CheckpointError, config_hash, read_config
 from evalkit.models.generate import GenerationJob, generate_batch, score_continuations
 from evalkit.models.registry import registered, resolve_checkpoint
 from evalkit.models.tokenizer import MistralTokenizer, tokenizer_for_vocab
-from evalkit.requests import GenerationRequest, LoglikelihoodRequest, SamplingParams, sample_seed
+from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores, sample_seed
+from evalkit.sanitize import truncate_at_stop
 
 DTYPES = {
     "float32": torch.float32,
@@ -60,6 +61,7 @@ class NativeBackend(Backend):
     """Generation and log-likelihood with an in-repo model and the real Mistral tokenizer."""
 
     name = "native"
+    options = frozenset({"dtype", "device", "batch_size"})
 
     def __init__(
         self,
@@ -80,7 +82,8 @@ class NativeBackend(Backend):
 
     @classmethod
     def from_spec(
-        cls, spec: str, dtype: str | None = None, device: str | None = None, batch_size: int = 8
+        cls, spec: str, known_ids: dict[str, set[str]] | None = None, dtype: str | None = None,
+        device: str | None = None, batch_size: int = 8,
     ) -> NativeBackend:
         """Load a registry name (codestral-mamba, mistral-7b, ...) or a checkpoint directory."""
         torch_dtype = parse_dtype(dtype)
@@ -99,18 +102,22 @@ class NativeBackend(Backend):
             raise BackendError(str(e)) from e
         return cls(model, tokenizer, spec=spec, path=path, arch=arch, batch_size=batch_size)
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[str]]:
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
+        for r in requests:
+            if r.chat:
+                raise BackendError("chat prompts are not supported by the native backend yet")
         greedy = sampling.temperature <= 0.0
         # Greedy samples are all the same sequence: generate it once and repeat it.
-        draws = 1 if greedy else sampling.n
+        prompts = [self.tokenizer.encode(r.prompt) for r in requests]
         jobs = [
             GenerationJob(
-                prompt_ids=self.tokenizer.encode(r.prompt),
+                prompt_ids=ids,
                 max_new_tokens=r.max_tokens,
-                seeds=[sample_seed(sampling.seed, r.task_id, i) for i in range(draws)],
+                seeds=[sample_seed(sampling.seed, r.task_id, i) for i in (r.sample_indices[:1] if greedy
+                                                                          else r.sample_indices)],
                 stop=tuple(r.stop),
             )
-            for r in requests
+            for r, ids in zip(requests, prompts, strict=True)
         ]
         completions = generate_batch(
             self.model,
@@ -122,12 +129,13 @@ class NativeBackend(Backend):
             batch_size=self.batch_size,
         )
         out = []
-        for request, samples in zip(requests, completions, strict=True):
-            texts = [truncate_at_stop(c.text, request.stop) for c in samples]
-            out.append(texts * sampling.n if greedy else texts)
+        for request, ids, samples in zip(requests, prompts, completions, strict=True):
+            texts = [Completion(truncate_at_stop(c.text, request.stop), finish_reason=c.finish,
+                                info={"prompt_tokens": len(ids), "completion_tokens": len(c.ids)}) for c in samples]
+            out.append(texts * len(request.sample_indices) if greedy else texts)
         return out
 
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[list[float]]:
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
         results = []
         for request in requests:
             pairs = [encode_pair(self.tokenizer, request.context, c) for c in request.continuations]

@@ -8,23 +8,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from evalkit.backends.base import Backend, BackendError
-from evalkit.requests import GenerationRequest, LoglikelihoodRequest, SamplingParams
+from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores
 
 
 class ReferenceBackend(Backend):
-    name = "reference"
+    """In chat mode the tasks' references are written as an instruct model answers (fenced code, boxed
+    answers), so the self-check covers the instruct extraction path too."""
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[str]]:
+    name = "reference"
+    draws_samples = False
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
         out = []
         for req in requests:
             if req.reference is None:
                 raise BackendError(
                     f"{req.task_id} has no reference solution, so the reference backend cannot answer it"
                 )
-            out.append([req.reference] * sampling.n)
+            out.append([Completion(req.reference, finish_reason="stop") for _ in req.sample_indices])
         return out
 
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[list[float]]:
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
         out = []
         for req in requests:
             if req.reference is None:

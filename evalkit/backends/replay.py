@@ -15,11 +15,16 @@ from pathlib import Path
 
 from evalkit.backends.base import Backend, BackendError
 from evalkit.data import sha256_file
-from evalkit.requests import GenerationRequest, LoglikelihoodRequest, SamplingParams
+from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores
 
 
 class ReplayBackend(Backend):
     name = "replay"
+    draws_samples = False
+
+    @classmethod
+    def from_spec(cls, target: str, known_ids: dict[str, set[str]] | None = None, **options) -> ReplayBackend:
+        return cls(target, known_ids=known_ids)
 
     def __init__(self, path: str | Path, known_ids: dict[str, set[str]] | None = None):
         self.path = Path(path)
@@ -28,8 +33,12 @@ class ReplayBackend(Backend):
         all_ids = set().union(*known_ids.values()) if known_ids else None
         self.completions: dict[str, list[str]] = defaultdict(list)
         self.loglikelihoods: dict[str, list[float]] = {}
-        with open(self.path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(self.path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    _bad(self.path, lineno, f"not UTF-8 text (byte {e.start}); save the file as UTF-8")
                 if not line.strip():
                     continue
                 try:
@@ -68,19 +77,19 @@ class ReplayBackend(Backend):
         else:
             _bad(self.path, lineno, 'expected a "completion" (or "loglikelihoods") field')
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[str]]:
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
         out = []
         for req in requests:
             got = self.completions.get(req.task_id)
             if not got:
                 raise BackendError(f"replay file {self.path} has no completion for {req.task_id}")
-            if len(got) < sampling.n:
+            if max(req.sample_indices) >= len(got):
                 raise BackendError(f"replay file {self.path} has {len(got)} samples for {req.task_id}, "
-                                   f"but {sampling.n} were asked for")
-            out.append(got[: sampling.n])
+                                   f"but sample {max(req.sample_indices)} was asked for")
+            out.append([Completion(got[i]) for i in req.sample_indices])
         return out
 
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[list[float]]:
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
         out = []
         for req in requests:
             lls = self.loglikelihoods.get(req.task_id)

@@ -23,13 +23,15 @@ from pathlib import Path
 
 import torch
 
+from evalkit.errors import EvalkitError
+
 CONFIG_FILES = {"hf": "config.json", "native": "params.json"}
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
 NATIVE_FILE = "consolidated.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EvalkitError, ValueError):
     """A checkpoint cannot be used; the message names the file and the problem."""
 
 

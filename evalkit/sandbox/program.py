@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from evalkit.errors import EvalkitError
+
 
 @dataclass(frozen=True)
 class Program:
@@ -52,5 +54,5 @@ class Execution:
         return cls(**{k: d[k] for k in ("status", "exit_code", "stdout", "stderr", "duration", "detail") if k in d})
 
 
-class SandboxError(RuntimeError):
+class SandboxError(EvalkitError, RuntimeError):
     """The sandbox cannot run at all (no engine, no image); the message says how to fix it."""
