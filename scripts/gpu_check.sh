@@ -46,7 +46,7 @@ else
   printf '{"preset": "7b", "name": "7b, %s layers", "mamba2": {"n_layers": %s}, "transformer": {"n_layers": %s}}\n' \
     "$layers" "$layers" "$layers" >"$config"
 fi
-evalkit bench --preset 7b --config "$config" --device cuda --dtype bfloat16 --no-progress --out-dir "$out" \
+evalkit bench --preset 7b --config "$config" --device cuda --dtype bfloat16 --no-progress --output-path "$out" \
   || status=1
 
 say "decode benchmark -> $out/decode.txt"
