@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from evalkit.models.generate import GenerationJob, generate, generate_batch
+from evalkit.models.generate import GenerationJob, generate, generate_batch, sample_tokens, top_p_mask
 from evalkit.models.logits import vocab_logits
 from evalkit.models.mamba2 import Mamba2Config, Mamba2LM
 from evalkit.models.mistral import Mistral, MistralConfig
@@ -178,3 +178,38 @@ def test_vocab_logits_is_the_linear_head(dtype):
         expected = torch.nn.functional.linear(hidden.float(), weight.float())
         assert got.shape == (rows, 1, 1000) and got.dtype == torch.float32 and got.is_contiguous()
         assert (got - expected).abs().max() < (1e-4 if dtype == torch.float32 else 0.25)
+
+
+def top_p_reference(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The definition: most probable first, keep tokens until the mass before them reaches top_p."""
+    descending, order = probs.sort(dim=-1, descending=True, stable=True)
+    keep = descending.cumsum(-1) - descending < top_p
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+@pytest.mark.parametrize("spread", [0.3, 2.0, 8.0])  # near-flat to peaked, over 32768 tokens
+def test_top_p_mask_is_the_smallest_set_reaching_top_p(spread):
+    logits = torch.randn(6, 32768, generator=torch.Generator().manual_seed(5)) * spread
+    probs = torch.softmax(logits, dim=-1)
+    for top_p in (0.5, 0.9, 0.95, 0.99):
+        mask = top_p_mask(probs, top_p)
+        assert torch.equal(mask, top_p_reference(probs, top_p))
+        assert ((probs * mask).sum(-1) >= top_p).all()
+
+
+def test_nucleus_sampling_draws_from_the_renormalised_top_set():
+    """20000 draws from 5 tokens with top_p 0.8: the 3 most probable (mass 0.85) in proportion, never the rest."""
+    probs = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15])
+    logits = probs.log().expand(20000, -1)
+    generators = [torch.Generator().manual_seed(i) for i in range(20000)]
+    tokens = sample_tokens(logits, temperature=1.0, top_p=0.8, generators=generators)
+    freq = torch.bincount(tokens, minlength=5).float() / 20000
+    expected = torch.tensor([0.0, 0.4, 0.0, 0.3, 0.15]) / 0.85
+    assert freq[0] == 0 and freq[2] == 0
+    assert (freq - expected).abs().max() < 0.015  # 3.5 standard errors at n = 20000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_top_p_mask_sorts_to_the_same_set():
+    probs = torch.softmax(torch.randn(6, 32768, generator=torch.Generator().manual_seed(6)) * 2.0, dim=-1)
+    assert torch.equal(top_p_mask(probs.cuda(), 0.95).cpu(), top_p_mask(probs, 0.95))
