@@ -19,14 +19,15 @@ The model protocol, which both models implement:
 - `cache.select(index)`: index a 1-D LongTensor of row numbers -> a NEW cache holding those rows in
   that order; rows may repeat (forking n samples from one prefilled prompt). `cache` stays unchanged.
 - `type(cache).stack(caches)`: one new cache whose rows are the rows of `caches`, in order.
-- `cache.head(n)`: a view of the first n rows; running the model on it updates `cache`.
+- `cache.head(n)`: a view of the first n rows; running the model on it updates `cache` (it must have
+  room already: a view cannot grow).
 - `cache.assign(index, source)`: rows `index` of `cache` become copies of the rows of `source` (a
   one-row source fills them all); how a prompt prefilled alone joins a running batch.
 - `cache.batch_size`, `cache.nbytes()`: number of rows, bytes held.
 
 Batched generation keeps one cache for `batch_size` rows for the whole call. Each prompt is prefilled
 alone (no padding leaks into any state) and copied into free rows, one per sample; finished sequences
-leave at once and the last running rows move into their places, so a step only computes running rows.
+leave at once and the running rows after them move up, so a step only computes running rows.
 
 Sampling is reproducible per sample: each sample draws from its own torch.Generator seeded by the
 caller (the backend uses evalkit.requests.sample_seed), and a draw depends only on that sample's
