@@ -1,8 +1,8 @@
 """Batched generation (generate_batch) with both in-repo models: the batch changes nothing, the fixed-shape
 step gives the plain step's tokens, and completions say why they ended.
 
-transformers is the oracle elsewhere (test_mamba2.py, test_mistral.py compare generate_batch with it token
-for token); here each model is compared with itself under different batchings.
+transformers is the oracle elsewhere (test_mistral.py compares generate_batch with it token for token,
+test_mamba2.py the plain generate loop); here each model is compared with itself under other batchings.
 """
 
 from __future__ import annotations
@@ -62,11 +62,9 @@ def jobs(n_samples: int = 1, stop: tuple[str, ...] = ()) -> list[GenerationJob]:
     """Prompts of different lengths (some past the window) and different budgets."""
     gen = torch.Generator().manual_seed(3)
     sizes = [(5, 12), (17, 7), (2, 20), (11, 1), (30, 9), (8, 15)]
-    return [
-        GenerationJob(torch.randint(3, VOCAB, (n,), generator=gen).tolist(), new, seeds=[100 * i + s for s in
-                      range(n_samples)], stop=stop)
-        for i, (n, new) in enumerate(sizes)
-    ]
+    prompts = [torch.randint(3, VOCAB, (n,), generator=gen).tolist() for n, _ in sizes]
+    seeds = [[100 * i + s for s in range(n_samples)] for i in range(len(sizes))]
+    return [GenerationJob(p, new, s, stop) for p, (_, new), s in zip(prompts, sizes, seeds, strict=True)]
 
 
 def text(_prompt: list[int], ids: list[int]) -> str:
