@@ -108,8 +108,8 @@ def top_p_mask(probs: Tensor, top_p: float) -> Tensor:
 
     The set is every token at or above a threshold: the largest one whose tokens still carry top_p (tokens
     tied at it are all kept). A GPU sorts each row to find it. On the CPU a sort of 32768 tokens costs
-    more than the model's decode step (10 rows, one thread: 24 ms), so the threshold is found by bisection
-    on the float32 bit patterns (ordered like the values, for values >= 0): 31 masked sums, ~11 ms.
+    more than the model's decode step (10 rows, one thread: 26 ms), so the threshold is found by bisection
+    on the float32 bit patterns (ordered like the values, for values >= 0): 31 masked sums, 8 ms.
     """
     if probs.device.type != "cpu":
         descending = probs.sort(dim=-1, descending=True).values
@@ -120,7 +120,9 @@ def top_p_mask(probs: Tensor, top_p: float) -> Tensor:
     hi = bits.amax(-1, keepdim=True) + 1  # mass(bits >= hi) = 0 < top_p
     for _ in range(31):  # hi - lo < 2**31 halves to 1
         mid = lo + (hi - lo) // 2
-        enough = torch.where(bits >= mid, probs, 0.0).sum(-1, keepdim=True) >= top_p
+        # Multiplying by the mask as uint8 keeps to the vectorised kernels: torch.where and a bool factor
+        # take a per-element branch, ~1.1 ms instead of 0.06 for a half-set mask of 10 x 32768.
+        enough = (probs * (bits >= mid).view(torch.uint8)).sum(-1, keepdim=True) >= top_p
         lo, hi = torch.where(enough, mid, lo), torch.where(enough, hi, mid)
     return bits >= lo
 
