@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -167,10 +168,11 @@ def decode_rates(fns: dict[str, tuple[Callable, Callable]], rows: int, new: int,
             (wall_n, cpu_n), (wall_1, cpu_1) = timed(long, device), timed(short, device)
             times[name].append((wall_n - wall_1, cpu_n - cpu_1))
     tokens = rows * (new - 1)
-    return {
-        name: tuple(tokens / max(statistics.median(t[i] for t in ts), 1e-9) for i in (0, 1))
-        for name, ts in times.items()
-    }
+
+    def rate(seconds: float) -> float:  # nan when load swamped the difference
+        return tokens / seconds if seconds > 0 else math.nan
+
+    return {name: tuple(rate(statistics.median(t[i] for t in ts)) for i in (0, 1)) for name, ts in times.items()}
 
 
 def main() -> None:
