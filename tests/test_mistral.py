@@ -32,6 +32,7 @@ WINDOW = 16
 SEQ = 100  # > 6 windows
 ATOL = 1e-4
 
+# The name map of mistral.py (_HF_LAYER), repeated on purpose: an oracle must not import what it checks.
 HF_TO_NATIVE = {
     "self_attn.q_proj": "attention.wq",
     "self_attn.k_proj": "attention.wk",
