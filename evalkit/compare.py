@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evalkit.errors import RunStoreError
 from evalkit.experiment import differing_settings, moves_scores
@@ -77,6 +77,7 @@ class Comparison:
     only_in_a: list[str]
     only_in_b: list[str]
     settings: dict[str, list[object]]  # differing settings: key -> [value in a, value in b]
+    corrupt: dict[str, list[int]] = field(default_factory=dict)  # "A"/"B" -> samples.jsonl lines skipped
 
 
 def paired_samples(a: Run, b: Run, task: str) -> tuple[list[tuple[dict, dict]], int]:
@@ -115,6 +116,7 @@ def compare_runs(a: Run, b: Run, tasks: Iterable[str] | None = None) -> Comparis
         only_in_a=[t for t in a.task_names if t not in b.results["tasks"]],
         only_in_b=[t for t in b.task_names if t not in a.results["tasks"]],
         settings=differing_settings([a.config, b.config]),
+        corrupt={side: run.corrupt_lines for side, run in (("A", a), ("B", b)) if run.corrupt_lines},
     )
 
 
@@ -163,6 +165,9 @@ def format_comparison(c: Comparison, max_listed: int | None = None) -> str:
             lines.append(f"  {title}:")
             lines += textwrap.wrap(", ".join(names) + more, width=100, initial_indent="    ",
                                    subsequent_indent="    ", break_on_hyphens=False)
+    for side, bad in c.corrupt.items():
+        lines += ["", f"note: {side}'s samples.jsonl has {len(bad)} corrupt lines (e.g. line {bad[0]}): not samples, "
+                      "so they were skipped and count for nothing; `evalkit run --resume` redoes their samples"]
     if c.only_in_a or c.only_in_b:
         lines.append("")
         if c.only_in_a:

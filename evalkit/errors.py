@@ -21,3 +21,7 @@ class BackendError(EvalkitError, RuntimeError):
 
 class RunStoreError(EvalkitError, RuntimeError):
     """A run folder cannot be created, read or resumed."""
+
+
+class ChatFormatError(BackendError):
+    """A conversation that a model's chat format cannot express (a system prompt it refuses or would drop)."""

@@ -18,8 +18,10 @@ from collections.abc import Sequence
 
 PROVENANCE_SECTIONS = ("packages", "git", "sandbox")
 IDENTITY_SECTIONS = ("model",)
+# The chat format belongs to the model (each checkpoint has its own); whether a task was prompted through it is
+# the task's `chat` option, which does count.
 BACKEND_IDENTITY = ("name", "model", "path", "file", "sha256", "config_sha256", "arch", "tokenizer", "base_url",
-                    "served_model", "server")
+                    "served_model", "server", "chat_format")
 # Gate: recorded facts that may differ without making two runs incomparable; reported as notes. The seed only
 # picks which random samples are drawn; problem sets are compared sample by sample, so `limit` adds nothing.
 GATE_TOLERATED = ("environment.", "sampling.seed", "limit")

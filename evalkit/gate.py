@@ -118,6 +118,10 @@ def check_comparable(baseline: Run, candidate: Run, tasks: Sequence[str]) -> tup
     """(problems that make the runs incomparable, notes about tolerated differences) for `tasks`."""
     problems: list[str] = []
     notes: list[str] = []
+    for name, run in (("baseline", baseline), ("candidate", candidate)):
+        if bad := run.corrupt_lines:
+            problems.append(f"the {name} run's samples.jsonl has {len(bad)} corrupt lines (e.g. line {bad[0]}), "
+                            f"skipped as not samples; redo them with: evalkit run --resume {run.path}")
     for task in tasks:
         missing = [name for name, run in (("baseline", baseline), ("candidate", candidate))
                    if task not in run.results["tasks"]]
@@ -143,7 +147,7 @@ def check_comparable(baseline: Run, candidate: Run, tasks: Sequence[str]) -> tup
                             f"(e.g. {', '.join(changed[:3])})")
         for name, run in (("baseline", baseline), ("candidate", candidate)):
             info = run.results["tasks"][task]
-            expected = info.get("n", 0) * info.get("samples_per_problem", 1)
+            expected = info.get("samples", info.get("n", 0) * info.get("samples_per_problem", 1))
             got = len(run.samples(task))
             if got != expected:
                 problems.append(f"{task}: the {name} run has {got} scored samples, its results.json says {expected}")

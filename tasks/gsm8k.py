@@ -26,7 +26,7 @@ from evalkit.data import HubSplit, load_rows
 from evalkit.metrics import accuracy_metrics
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.tasks import Scored, Task, TaskError, register
-from tasks import _prompts
+from tasks import _instruct, _prompts
 
 _CALCULATOR_RE = re.compile(r"<<[^>]*>>")  # the dataset's calculator annotations, <<48/2=24>>
 
@@ -60,6 +60,7 @@ def reference_completion(answer: str) -> str:
 @register("gsm8k")
 class GSM8K(Task):
     name = "gsm8k"
+    supports_chat = True
 
     def docs(self) -> list[dict]:
         rows, self.provenance = load_rows(self.data, self.name, local="gsm8k/test.jsonl",
@@ -74,6 +75,10 @@ class GSM8K(Task):
         return docs
 
     def request(self, doc: dict) -> GenerationRequest:
+        if self.chat:  # the eight exemplars as turns; the answer is read as in the completion variant
+            messages = _instruct.turns(_prompts.GSM8K_COT_EXEMPLARS, doc["question"])
+            return _instruct.chat_request(doc["task_id"], messages, "", _prompts.GSM8K_COT_STOP,
+                                          self.default_max_tokens, reference_completion(doc["solution"]).strip())
         return GenerationRequest(doc["task_id"], _prompts.gsm8k_cot_prompt(doc["question"]), _prompts.GSM8K_COT_STOP,
                                  self.default_max_tokens, reference=reference_completion(doc["solution"]))
 
@@ -89,13 +94,16 @@ class GSM8K(Task):
     def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
         out: dict = {"metrics": {}, "stderr": {}, "stderr_method": {}}
         for name, (_, same) in METRICS.items():
-            part = accuracy_metrics(records, sampling.n, name, lambda r, k=name: bool(r["extra"][k]["passed"]),
-                                    lambda r, k=name: r["extra"][k]["answer"], same)
+            part = accuracy_metrics(records, sampling.n, name, lambda r, k=name: bool(_judged(r, k).get("passed")),
+                                    lambda r, k=name: _judged(r, k).get("answer"), same)
             for key in out:
                 out[key].update(part[key])
         return out
 
     def settings(self) -> dict:
+        chat = {"prompt": "chat: the 8 exemplars as user (question) / assistant (worked answer ending 'The answer is "
+                          "N.') turns, then the question as the last user turn; no system prompt, no response prefix"
+                } if self.chat else {}
         return {
             "prompt": "8-shot chain of thought: 'Q: ...\\nA: ... The answer is N.' blocks, then 'Q: {question}\\nA:'",
             "shots": len(_prompts.GSM8K_COT_EXEMPLARS),
@@ -118,4 +126,9 @@ class GSM8K(Task):
             "reference": "lm-eval 0.4 gsm8k_cot: strict_match and flexible_extract equal its metrics on every sample",
             "majority_vote": "strict_match and flexible_extract: equal exact_match strings; numeric_match: numbers",
             "verdict": "strict_match (the other metrics are in each record's extra)",
-        }
+        } | chat
+
+
+def _judged(record: dict, metric: str) -> dict:
+    """A record's verdict under `metric`; empty for a sample the harness could not judge (verdict "error")."""
+    return record["extra"].get(metric) or {}

@@ -19,6 +19,7 @@ from evalkit.execution import run_scored, scored_from_execution
 from evalkit.requests import GenerationRequest
 from evalkit.sanitize import truncate_at_stop
 from evalkit.tasks import Scored, Task, register, timeout_option
+from tasks import _instruct
 
 FIELDS = {"task_id": str, "prompt": str, "declaration": str, "canonical_solution": str, "test": str}
 HUB_CONFIG = {"cpp": "cpp", "java": "java", "js": "js", "go": "go", "rust": "rust"}
@@ -56,6 +57,7 @@ KNOWN_BROKEN: dict[str, dict[str, str]] = {
 
 class HumanEvalX(Task):
     uses_sandbox = True
+    supports_chat = True
     options = {"timeout": timeout_option(None, "CodeGeeX's per-language limits; default: the recipe's")}
     lang: str
 
@@ -72,10 +74,15 @@ class HumanEvalX(Task):
         return doc["prompt"]
 
     def request(self, doc: dict) -> GenerationRequest:
+        if self.chat:
+            return _instruct.code_request(doc["task_id"], self.lang, self.prompt(doc), 1024,
+                                          self.prompt(doc) + doc["canonical_solution"])
         return GenerationRequest(doc["task_id"], self.prompt(doc), STOP[self.lang], 1024,
                                  reference=doc["canonical_solution"])
 
     def program(self, doc: dict, completion: str) -> str:
+        if self.chat:
+            return chat_program(self.lang, doc, _instruct.code_of(self.lang, completion))
         code = cleanup(truncate_at_stop(completion, STOP[self.lang]), self.lang)
         if self.lang == "cpp":
             setup = "".join(s + "\n" for s in CPP_INCLUDES if s not in doc["prompt"])
@@ -96,6 +103,10 @@ class HumanEvalX(Task):
                 "go": languages.go, "rust": languages.rust}[self.lang]()
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
+        if self.chat:
+            code = _instruct.code_of(self.lang, completion)
+            if why := _instruct.undefined(self.lang, code, [_instruct.last_defined(self.prompt(doc), self.lang)]):
+                return Scored("failed", program=code, error=why)
         text = self.program(doc, completion)
         if sandbox is None:
             return run_scored(sandbox, self.recipe(doc).program(text, self.option("timeout")), text)
@@ -108,6 +119,7 @@ class HumanEvalX(Task):
         return scored
 
     def settings(self) -> dict:
+        chat = _instruct.code_settings(self.lang, CHAT_CHECKER[self.lang]) if self.chat else {}
         return {
             "prompt": "the dataset prompt verbatim" + (" (Rust: declaration without crate uses + docstring)"
                                                       if self.lang == "rust" else ""),
@@ -117,7 +129,7 @@ class HumanEvalX(Task):
                        + ("; and no output at all (console.assert)" if self.lang == "js" else ""),
             "run": self.recipe().describe() | self._timeout_setting(),
             "known_broken_canonical": KNOWN_BROKEN[self.lang],
-        }
+        } | chat
 
     def _timeout_setting(self) -> dict:
         return {"timeout_s_per_command": self.option("timeout")} if self.option("timeout") else {}
@@ -126,6 +138,49 @@ class HumanEvalX(Task):
         extra = {"go": (languages.library_versions("golang-github-stretchr-testify-dev"),),
                  "cpp": (languages.library_versions("libssl-dev", "libboost-dev"),)}.get(self.lang, ())
         return languages.toolchain_environment(sandbox, self.recipe(), extra)
+
+
+CHAT_CHECKER = {
+    "cpp": "CodeGeeX's includes + the prompt's #include/using lines + answer code without its own main, up to its "
+           "last closing brace + test",
+    "java": "the prompt's import lines + answer code (class Solution not public, without its own main) + test",
+    "js": "answer code up to its last closing brace + test; pass = exit 0 and no output at all",
+    "go": "test_setup + the imports the answer's code uses (its own and CodeGeeX's list) + answer code without "
+          "package, import and main + test",
+    "rust": "fn main (unless the answer has one) + answer code without crate uses + test",
+}
+GO_IMPORTS = re.compile(r"^import\s*\((.*?)^\)[ \t]*$|^import[ \t]+(.+)$", re.M | re.S)
+
+
+def chat_program(lang: str, doc: dict, code: str) -> str:
+    """The program for a chat answer, which holds the whole function (and what it needs) rather than its body."""
+    if lang == "cpp":
+        preamble = "".join(line + "\n" for line in re.findall(r"^(?:#include\b|using namespace\b).*$",
+                                                                doc["prompt"], re.M))
+        code = cleanup(_instruct.cut_at_line(code, r"^\s*int\s+main\s*\("), "cpp")
+        return "".join(s + "\n" for s in CPP_INCLUDES) + preamble + code + "\n" + doc["test"]
+    if lang == "java":  # the test is public class Main in Main.java: the answer's class cannot be public
+        code = re.sub(r"\bpublic\s+(?=(?:final\s+)?class\s+Solution\b)", "", code)
+        imports = "".join(line + "\n" for line in re.findall(r"^import\b.*$", doc["prompt"], re.M))
+        return imports + cleanup(code, "java") + "\n" + doc["test"]
+    if lang == "js":
+        return cleanup(code, "js") + "\n" + doc["test"]
+    if lang == "go":
+        specs = [spec.strip() for m in GO_IMPORTS.finditer(code) for spec in (m[1] or m[2]).splitlines()]
+        code = re.sub(r"^package\s+\w+[ \t]*$", "", GO_IMPORTS.sub("", code), flags=re.M)
+        code = _instruct.cut_at_line(code, r"^func\s+main\s*\(")
+        uncommented = re.sub(r"//.*", "", code)  # "a list of strings." in a comment does not use strings
+        used: dict[str, str] = {}
+        for spec in [s for s in specs if s and not s.startswith("//")] + [f'"{p}"' for p in GO_PACKAGES]:
+            alias, _, path = spec.rpartition(" ")
+            path = path.strip('"')
+            name = alias or path.split("/")[-1]
+            if f'"{path}"' not in doc["test_setup"] and re.search(rf"\b{re.escape(name)}\.", uncommented):
+                used.setdefault(path, spec)
+        imports = ("import (\n" + "".join(f"    {spec}\n" for spec in used.values()) + ")\n") if used else ""
+        return doc["test_setup"] + "\n" + imports + code.strip("\n") + "\n" + doc["test"]
+    code = RUST_CRATE_USES.sub("", code)
+    return ("" if re.search(r"\bfn\s+main\s*\(", code) else RUST_MAIN) + code + doc["test"]
 
 
 def cleanup(code: str, lang: str) -> str:

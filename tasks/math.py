@@ -10,7 +10,7 @@ from evalkit.math_equivalence import DEFAULT_TIMEOUT_S, answers_equivalent
 from evalkit.metrics import accuracy_metrics
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.tasks import Scored, Task, TaskError, register
-from tasks import _prompts
+from tasks import _instruct, _prompts
 
 HUB_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
                 "prealgebra", "precalculus")  # EleutherAI/hendrycks_math configs
@@ -28,7 +28,12 @@ class MathAnswerTask(Task):
     """A problem with one final answer, judged by answer equivalence. Subclasses load the rows."""
 
     prompt_variants = ("minerva", "boxed")
+    supports_chat = True
     max_tokens_by_prompt = {"minerva": 1024, "boxed": 2048}
+
+    def __init__(self, data, prompt: str | None = None, chat: bool = False, **options) -> None:
+        # The instruct variant is the boxed instruction, unless --prompt minerva asks for the exemplars as turns.
+        super().__init__(data, prompt=prompt or ("boxed" if chat else None), chat=chat, **options)
 
     def request(self, doc: dict) -> GenerationRequest:
         if self.prompt_variant == "minerva":
@@ -40,6 +45,12 @@ class MathAnswerTask(Task):
             if last_boxed(reference) != doc["answer"]:  # e.g. AIME solutions box other things, or nothing
                 reference += f"\n\nThe final answer is $\\boxed{{{doc['answer']}}}$."
         max_tokens = self.max_tokens_by_prompt[self.prompt_variant]
+        if self.chat:
+            if self.prompt_variant == "minerva":
+                messages = _instruct.turns(_prompts.MINERVA_EXEMPLARS, doc["problem"])
+            else:
+                messages = _instruct.turns((), f"{doc['problem']}\n{_prompts.BOXED_INSTRUCTION}")
+            return _instruct.chat_request(doc["task_id"], messages, "", stop, max_tokens, reference.strip())
         return GenerationRequest(doc["task_id"], prompt, stop, max_tokens, reference)
 
     def judge(self, gold: str, answer: str) -> tuple[bool | None, str]:
@@ -63,6 +74,9 @@ class MathAnswerTask(Task):
 
     def settings(self) -> dict:
         boxed = self.prompt_variant == "boxed"
+        chat = {"prompt": "chat: " + ("the problem, a newline and the instruction as one user turn" if boxed else
+                                      "the 4 exemplars as user (problem) / assistant (solution) turns, then the "
+                                      "problem") + "; no system prompt, no response prefix"} if self.chat else {}
         return {
             "prompt": self.prompt_variant,
             "shots": 0 if boxed else len(_prompts.MINERVA_EXEMPLARS),
@@ -75,7 +89,7 @@ class MathAnswerTask(Task):
             "reference": REFERENCE,
             "check_timeout_s": DEFAULT_TIMEOUT_S,
             "majority_vote": "over equivalence classes of extracted answers (same checker)",
-        }
+        } | chat
 
 
 @register("math")

@@ -8,12 +8,15 @@ test setup (full MBPP: `test_setup_code`, which may use the solution's classes; 
 
 from __future__ import annotations
 
+import ast
+
 from evalkit import languages
 from evalkit.data import HubSplit, load_rows
 from evalkit.execution import run_scored, with_success_marker
 from evalkit.requests import GenerationRequest
 from evalkit.sanitize import FENCE, sanitize_python_completion
 from evalkit.tasks import Scored, Task, TaskError, register, timeout_option
+from tasks import _instruct
 
 STOP = ("[DONE]",)
 EXEMPLAR_IDS = (2, 3, 4)
@@ -29,11 +32,30 @@ def describe_problem(text: str, tests: list[str]) -> str:
             f"Your code should pass these tests:\n\n{tests_text}\n[BEGIN]\n")
 
 
+def chat_problem(text: str, tests: list[str]) -> str:
+    """The task as the user turn of the instruct variant: the completion prompt's words, without [BEGIN]."""
+    return describe_problem(text, tests).removesuffix("[BEGIN]\n").rstrip("\n")
+
+
+def tested_functions(reference_code: str, tests: list[str]) -> list[str]:
+    """The names the tests call that the reference solution defines: what an answer must define."""
+    try:
+        test_tree, reference_tree = ast.parse("\n".join(tests)), ast.parse(reference_code)
+    except SyntaxError:  # no row of MBPP or MBPP-sanitized; such a row checks nothing here and fails its tests
+        return []
+    called = {node.func.id for node in ast.walk(test_tree)
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    defined = [node.name for node in reference_tree.body
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    return [name for name in defined if name in called]
+
+
 @register("mbpp")
 class MBPP(Task):
     name = "mbpp"
     uses_sandbox = True
     prompt_variants = ("3-shot", "zero-shot")
+    supports_chat = True
     # wall-clock, generous: task 123's own solution needs ~4 s of CPU, 20+ s on a loaded machine
     options = {"timeout": timeout_option(60.0, "3 s (code_eval)")}
     text_field = "text"
@@ -61,6 +83,13 @@ class MBPP(Task):
         return "\n\n".join(parts + [describe_problem(doc[self.text_field], doc["test_list"])])
 
     def request(self, doc: dict) -> GenerationRequest:
+        if self.chat:  # the same task text; exemplars become turns answered with a fenced block
+            shots = [] if self.prompt_variant == "zero-shot" else self.exemplars
+            pairs = [(chat_problem(s[self.text_field], s["test_list"]), _instruct.fenced(s["code"], "python"))
+                     for s in shots]
+            messages = _instruct.turns(pairs, chat_problem(doc[self.text_field], doc["test_list"]))
+            return _instruct.chat_request(doc["task_id"], messages, _instruct.fence_prefix("python"), _instruct.STOP,
+                                          512, doc["code"].strip("\n") + _instruct.CLOSING_FENCE)
         return GenerationRequest(doc["task_id"], self.prompt(doc), STOP, 512, reference=doc["code"] + "\n[DONE]")
 
     def setup(self, doc: dict) -> tuple[str, str]:
@@ -68,6 +97,8 @@ class MBPP(Task):
         return "", doc.get("test_setup_code") or ""
 
     def program(self, doc: dict, completion: str) -> tuple[str, str]:
+        if self.chat:
+            completion = _instruct.code_of("python", completion)
         lines = completion.split("\n")
         if lines and FENCE.match(lines[0]):  # a zero-shot answer in a markdown block
             completion = "\n".join(lines[1:])
@@ -76,11 +107,23 @@ class MBPP(Task):
         return with_success_marker(f"{before}{code}\n{after}\n" + "\n".join(doc["test_list"]) + "\n")
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
+        if self.chat:
+            code = _instruct.code_of("python", completion)
+            if why := _instruct.undefined("python", code, tested_functions(doc["code"], doc["test_list"])):
+                return Scored("failed", program=code, error=why)
         text, marker = self.program(doc, completion)
         return run_scored(sandbox, languages.python().program(text, self.option("timeout")), text, marker)
 
     def settings(self) -> dict:
         zero_shot = self.prompt_variant == "zero-shot"
+        chat = _instruct.code_settings("python", "test setup + answer code + every assert of test_list, python3, "
+                                       "exit 0 and success marker") | {
+            "prompt": "chat: the task text and its tests (as in the completion prompt, without [BEGIN]) as the user "
+                      "turn; " + ("no exemplars" if zero_shot else "the exemplars as turns answered in ```python "
+                                                                    "blocks"),
+            "sanitizer": "first fenced block of response prefix + completion; drop unparsable trailing lines; the "
+                         "functions the tests call (those the reference solution defines) must be defined",
+        } if self.chat else {}
         return {
             "prompt": "zero-shot" if zero_shot else f"3-shot (task ids {list(EXEMPLAR_IDS)}), all tests shown, "
                                                    "[BEGIN]/[DONE]",
@@ -89,7 +132,7 @@ class MBPP(Task):
             "sanitizer": "drop a leading markdown fence; cut at [DONE] and fences; drop unparsable trailing lines",
             "checker": "test setup + completion + every assert of test_list, python3, exit 0 and success marker",
             "run": languages.python().describe() | {"timeout_s_per_command": self.option("timeout")},
-        }
+        } | chat
 
     def environment(self, sandbox) -> dict:
         return languages.toolchain_environment(sandbox, languages.python())

@@ -91,7 +91,9 @@ class MMLU(Task):
     def aggregate(self, records: Sequence[dict], sampling: SamplingParams) -> dict:
         by_subject: dict[str, list[float]] = defaultdict(list)
         for r in records:
-            by_subject[r["extra"]["subject"]].append(float(r["verdict"] == "passed"))
+            # a sample the harness could not judge has no extra: its id names the subject
+            subject = r["extra"].get("subject") or r["task_id"].split("/")[1]
+            by_subject[subject].append(float(r["verdict"] == "passed"))
         per_subject = {}
         for subject, values in sorted(by_subject.items()):
             acc, se = mean_stderr(values)

@@ -8,12 +8,15 @@ the reference backend cannot answer these tasks; tests/test_multipl_e.py carries
 
 from __future__ import annotations
 
+import re
+
 from evalkit import languages
 from evalkit.data import HubSplit, load_rows
 from evalkit.execution import run_scored
 from evalkit.requests import GenerationRequest
 from evalkit.sanitize import truncate_at_stop
 from evalkit.tasks import Scored, Task, register, timeout_option
+from tasks import _instruct
 
 FIELDS = {"name": str, "prompt": str, "tests": str, "stop_tokens": list}
 RECIPES = {
@@ -24,8 +27,34 @@ RECIPES = {
 }
 
 
+# The prompt lines a chat answer may leave out and gets for free (repeating them is harmless), by language.
+CHAT_PREAMBLE = {"cpp": (r"^#include\b.*$", "#include lines"), "java": (r"^import\b.*$", "import lines")}
+
+
+def chat_program(lang: str, prompt: str, code: str, tests: str) -> str:
+    """A chat answer's whole code between the prompt's preamble and the tests.
+
+    MultiPL-E's tests open with the `}` that closes the prompt's function (Java: the method, inside class
+    Problem, before the tests' own main); a chat answer closes its function itself, so that line goes.
+    """
+    preamble = ""
+    if lang in CHAT_PREAMBLE:
+        preamble = "".join(line + "\n" for line in re.findall(CHAT_PREAMBLE[lang][0], prompt, re.M))
+    first, _, rest = tests.partition("\n")
+    tests = rest if first.strip() == "}" else tests
+    if lang == "cpp":
+        code = _instruct.cut_at_line(code, r"^\s*int\s+main\s*\(")
+    if lang == "java":  # the tests' main goes inside class Problem, in place of the answer's closing brace
+        if not re.search(r"\bclass\s+Problem\b", code):
+            code = f"class Problem {{\n{code}\n}}"
+        main = code.find("public static void main")
+        code = code[:main] if main != -1 else code[: code.rfind("}")]
+    return f"{preamble}{code.rstrip()}\n{tests}"
+
+
 class MultiPLE(Task):
     uses_sandbox = True
+    supports_chat = True
     options = {"timeout": timeout_option(None, "15 s (MultiPL-E); default: the language recipe's")}
     lang: str
 
@@ -36,23 +65,35 @@ class MultiPLE(Task):
         return [{**row, "task_id": row["name"]} for row in rows]  # MultiPL-E's own id
 
     def request(self, doc: dict) -> GenerationRequest:
+        if self.chat:
+            return _instruct.code_request(doc["task_id"], self.lang, doc["prompt"], 1024, None)
         return GenerationRequest(doc["task_id"], doc["prompt"], tuple(doc["stop_tokens"]), 1024)
 
     def program(self, doc: dict, completion: str) -> str:
+        if self.chat:
+            return chat_program(self.lang, doc["prompt"], _instruct.code_of(self.lang, completion), doc["tests"])
         return doc["prompt"] + truncate_at_stop(completion, doc["stop_tokens"]) + "\n" + doc["tests"]
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
+        if self.chat:
+            code = _instruct.code_of(self.lang, completion)
+            if why := _instruct.undefined(self.lang, code, [_instruct.last_defined(doc["prompt"], self.lang)]):
+                return Scored("failed", program=code, error=why)
         text = self.program(doc, completion)
         return run_scored(sandbox, RECIPES[self.lang]().program(text, self.option("timeout")), text)
 
     def settings(self) -> dict:
+        chat = _instruct.code_settings(self.lang, "the prompt's " + CHAT_PREAMBLE.get(self.lang, ("", "nothing"))[1]
+                                       + " + answer code (Java: inside class Problem, without its own main; C++: "
+                                       "without its own main) + tests without the '}' that closes the prompt's "
+                                       "function; pass = every command exits 0") if self.chat else {}
         return {
             "prompt": "the dataset prompt verbatim (reworded HumanEval translation), no few-shot",
             "stop": "the row's stop_tokens",
             "sanitizer": "cut at the stop tokens",
             "checker": "prompt + completion + '\\n' + tests; pass = every command exits 0",
             "run": RECIPES[self.lang]().describe() | self._timeout_setting(),
-        }
+        } | chat
 
     def _timeout_setting(self) -> dict:
         return {"timeout_s_per_command": self.option("timeout")} if self.option("timeout") else {}

@@ -41,6 +41,7 @@ from evalkit.data import HubSplit, file_provenance, load_rows, sha256_file
 from evalkit.requests import GenerationRequest, SamplingParams
 from evalkit.sqlite_readonly import QueryError, run_query
 from evalkit.tasks import Scored, Task, TaskError, TaskOption, register
+from tasks import _instruct
 
 STOP = (";", "\n\n", "\n--")
 TIMEOUT = 30.0
@@ -111,6 +112,7 @@ def results_match(gold: list[tuple], predicted: list[tuple], order_matters: bool
 class Spider(Task):
     name = "spider"
     uses_sandbox = False
+    supports_chat = True
     options = {"keep_distinct": TaskOption(False, "keep DISTINCT in both queries (test-suite-sql-eval's "
                                                   "--keep_distinct); by default both lose it, as officially")}
 
@@ -152,6 +154,12 @@ class Spider(Task):
         return docs
 
     def request(self, doc: dict) -> GenerationRequest:
+        if self.chat:  # the same schema and instruction; the whole query comes back in a ```sql block
+            question = (f"{_instruct.fenced(create_table_schema(doc['schema']), 'sql')}\n\n"
+                        "Using valid SQLite, answer the following question for the tables provided above.\n"
+                        f"{doc['question']}\nAnswer with the SQL query in a ```sql code block.")
+            return _instruct.chat_request(doc["task_id"], _instruct.turns((), question), _instruct.fence_prefix("sql"),
+                                          _instruct.STOP, 256, doc["query"].strip() + _instruct.CLOSING_FENCE)
         prompt = (f"{create_table_schema(doc['schema'])}\n\n"
                   "-- Using valid SQLite, answer the following question for the tables provided above.\n"
                   f"-- {doc['question']}\nSELECT")
@@ -159,9 +167,10 @@ class Spider(Task):
         return GenerationRequest(doc["task_id"], prompt, STOP, 256, reference=gold)
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
-        body = completion.split(";")[0]
-        # The completion continues the prompt's SELECT; a replayed full query that restates it is taken whole.
-        predicted = body.strip() if re.match(r"\s*select\b", body, re.I) else "SELECT" + body
+        body = (_instruct.code_of("sql", completion) if self.chat else completion).split(";")[0]
+        # The completion continues the prompt's SELECT; a replayed full query that restates it is taken whole,
+        # and so is a chat answer (WITH ... SELECT included).
+        predicted = body.strip() if self.chat or re.match(r"\s*select\b", body, re.I) else "SELECT" + body
         path = Path(doc["db_path"])
         if not path.is_file():
             return Scored("skipped", program=predicted, error=f"database missing: {path}")
@@ -192,6 +201,14 @@ class Spider(Task):
         return out
 
     def settings(self) -> dict:
+        chat = {
+            "prompt": "chat: the CREATE TABLE schema in a ```sql block, 'Using valid SQLite, answer the following "
+                      "question for the tables provided above.', the question, 'Answer with the SQL query in a "
+                      "```sql code block.' as one user turn",
+            "response_prefix": _instruct.fence_prefix("sql"),
+            "stop": list(_instruct.STOP),
+            "extraction": "the first fenced block of response prefix + completion, up to its first ';', whole",
+        } if self.chat else {}
         return {
             "prompt": "CREATE TABLE schema from tables.json + '-- Using valid SQLite, answer ...' + question; "
                       "completion continues 'SELECT'",
@@ -212,4 +229,4 @@ class Spider(Task):
             "timeout_s": TIMEOUT,
             "sqlite_version": sqlite3.sqlite_version,
             "skipped": "questions whose database file is missing: verdict 'skipped', outside the denominator",
-        }
+        } | chat

@@ -43,7 +43,7 @@ def _command(path: list[str]):
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["tasks"], ["sandbox"], ["sandbox", "build"], ["sandbox", "check"],
-                                     ["report"], ["compare"], ["gate"], ["bench"]])
+                                     ["report"], ["compare"], ["gate"], ["bench"], ["score"], ["merge"]])
 def test_help_explains_each_command_and_every_visible_option(command):
     res = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
     assert res.exit_code == 0, res.output

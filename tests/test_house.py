@@ -234,3 +234,17 @@ def test_every_known_error_is_an_evalkit_error():
 
     for error in (BackendError, BenchError, CheckpointError, IncomparableRuns, RunStoreError, SandboxError, TaskError):
         assert issubclass(error, EvalkitError), error
+
+
+def test_every_task_aggregates_samples_the_harness_could_not_judge():
+    """A sample that ended in `error` (a server that kept failing) has no task-specific extra; every task's
+    metrics must still come out, with the error counted as not passed."""
+    from evalkit.requests import SamplingParams
+
+    for name in task_names():
+        task = get_task(name)
+        ids = {"mmlu": "mmlu/anatomy/0", "gsm8k": "gsm8k/0"}.get(name, f"{name}/0")
+        error = {"task": name, "task_id": ids, "sample_index": 0, "verdict": "error", "passed": False,
+                 "answer": None, "extra": {}, "error": "the backend could not produce this sample"}
+        metrics = task.aggregate([error], SamplingParams())["metrics"]
+        assert metrics and all(value == 0 for value in metrics.values()), (name, metrics)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from evalkit.backends.replay import ReplayBackend
 from evalkit.cli import app
+from evalkit.errors import RunStoreError
 from evalkit.metrics import pass_at_k, pass_at_k_metrics
 from evalkit.requests import GenerationRequest, SamplingParams, sample_seed
 from evalkit.sanitize import sanitize_python_completion
@@ -29,13 +30,12 @@ KNOWN = {"humaneval": {f"HumanEval/{i}" for i in range(164)}}
         ('{"task_id": "HumanEval/0", "completion": 3}\n', ':1: "completion" must be a string'),
         ('["HumanEval/0"]\n', ':1: expected an object with a "task_id"'),
         ('\n\n', "holds no completions"),
-        ('{"task_id": "HumanEval/0", "completion": "a"}\n{"task_id": "HumanEval/0", "completion": "b"}\n'
-         '{"task_id": "HumanEval/1", "completion": "c"}\n', "different numbers of samples"),
+        (b'{"task_id": "HumanEval/0", "completion": "caf\xe9"}\n', ":1: not UTF-8 text"),
     ],
 )
 def test_replay_input_errors_name_the_line(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     res = CliRunner().invoke(app, ["run", "--model", f"replay:{path}", "--tasks", "humaneval",
                                    "--output-path", str(tmp_path / "runs"), "--no-progress"])
     assert res.exit_code == 2, res.output
@@ -131,11 +131,12 @@ def test_sanitizer_keeps_the_code_a_completion_needs(completion, expected):
 def test_store_skips_torn_lines_and_appends_on_a_fresh_line(tmp_path):
     store = RunStore(tmp_path / "run")
     store.create({"run_id": "x", "config": {}})
-    store.append("samples.jsonl", [{"task": "t", "task_id": "a", "sample_index": 0}])
+    sample = {"task": "t", "task_id": "a", "sample_index": 0, "verdict": "passed", "passed": True}
+    store.append("samples.jsonl", [sample])
     with open(store.path / "samples.jsonl", "a") as f:
         f.write('{"task": "t", "task_id": "b", "sam')  # a crash mid-write
     assert set(store.samples()) == {("t", "a", 0)}
-    store.append("samples.jsonl", [{"task": "t", "task_id": "b", "sample_index": 0}])
+    store.append("samples.jsonl", [{**sample, "task_id": "b"}])
     assert set(store.samples()) == {("t", "a", 0), ("t", "b", 0)}
-    with pytest.raises(FileExistsError):
-        store.create({"run_id": "x"})  # a run folder is never overwritten
+    with pytest.raises(RunStoreError, match="never overwritten"):
+        RunStore(store.path).create({"run_id": "x"})  # a run folder is never overwritten

