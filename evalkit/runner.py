@@ -281,7 +281,8 @@ class TaskEvaluation:
         self.lock = threading.Lock()
         self.progress = progress
         self.bar: tqdm | None = None  # made when the task runs, so tasks waiting their turn show no bar
-        parallel = task.uses_sandbox and sandbox is not None and sandbox.size > 1 and not opts.generate_only
+        # Sandbox executions run on their own threads, even with one worker, so they overlap generation.
+        parallel = task.uses_sandbox and sandbox is not None and not opts.generate_only
         self.workers = sandbox.size if parallel else 1
         self.pool: ThreadPoolExecutor | None = None
         self.parallel = parallel
