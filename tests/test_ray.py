@@ -63,7 +63,7 @@ def replay(tmp_path_factory) -> Path:
     for k, doc in enumerate(humaneval_problems()[:LIMIT]):
         for i in range(2):
             body = WRONG_BODY if (k + i) % 3 == 0 else doc["canonical_solution"]
-            rows.append({"task_id": doc["task_id"], "completion": "    import time\n    time.sleep(0.4)\n" + body})
+            rows.append({"task_id": doc["task_id"], "completion": "    import time\n    time.sleep(1.0)\n" + body})
     path = tmp_path_factory.mktemp("replay") / "slow.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
