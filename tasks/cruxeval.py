@@ -1,11 +1,13 @@
 """CRUXEval-O and CRUXEval-I (800 Python functions each): the paper's 2-shot direct prompts, checked by execution.
 
-The answer is read from the completion as CRUXEval's own postprocessing reads it (what lies inside
-[ANSWER]...[/ANSWER]; -O: the text after `==`, -I: the call before it). -O executes
-`assert f(input) == prediction` and rejects a prediction that calls `f(` itself; -I executes
-`assert f(prediction) == output` (CRUXEval: `assert output == f(...)`) and requires the call to `f`.
-Both run in the sandbox with CRUXEval's 3 s timeout. The published pass@1 is the unbiased estimate
-from n=10 samples at temperature 0.2 (top-p 0.95): `--n-samples 10 --temperature 0.2 --top-p 0.95`.
+The answer is read from the completion exactly as CRUXEval's postprocess_generation reads it for the direct
+prompts (the completion is already cut at [/ANSWER]; -O: the text after the first `==`; -I: the text before
+it, after `assert`). As CRUXEval's evaluate_score: an -O prediction that contains the call `f(<input>)` fails,
+an -I prediction without `f(` fails, and the rest is checked as `{output} == {prediction}` after the
+function's code, with CRUXEval's 3 s timeout, in the sandbox's trusted Python harness. Unlike CRUXEval, which
+pastes the text into `assert {output} == {prediction}`, the prediction is parsed as one expression (see
+DELIBERATE_DIFFERENCES). The published pass@1 is the unbiased estimate from n=10 samples at temperature 0.2
+(top-p 0.95): `--n-samples 10 --temperature 0.2 --top-p 0.95`.
 """
 
 from __future__ import annotations
@@ -13,15 +15,24 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from evalkit import languages
+from evalkit import harness, languages
 from evalkit.data import HubSplit, load_rows
-from evalkit.execution import run_scored, with_success_marker
+from evalkit.execution import run_scored
 from evalkit.requests import GenerationRequest, SamplingParams
+from evalkit.sanitize import truncate_at_stop
 from evalkit.tasks import Scored, Task, register, timeout_option
 from tasks import _instruct
 
 STOP = ("[/ANSWER]",)
 PUBLISHED_SAMPLING = {"n": 10, "temperature": 0.2, "top_p": 0.95}
+TIMEOUT_S = 3.0  # CRUXEval's check_correctness
+DELIBERATE_DIFFERENCES = {k: v for k, v in harness.PYTHON_DIFFERENCES.items() if k != "tests-namespace"} | {
+    "one-expression": "the prediction is parsed as one expression and compared as output == (prediction): "
+                      "CRUXEval pastes the text into `assert {output} == {prediction}`, where `or`, `and`, `not`, "
+                      "a conditional expression, a top-level comma (an assert message) or a second line change "
+                      "what is asserted (`1 or f(0)` passes any -I problem there); text that is not one "
+                      "expression fails here",
+}
 
 OUTPUT_PROMPT = """You are given a Python function and an assertion containing an input to the function. Complete the assertion with a literal (no unsimplified expressions, no function calls) containing the output when executing the provided code on the given input, even if the function is incorrect or incomplete. Do NOT output any extra information. Provide the full assertion with the correct output in [ANSWER] and [/ANSWER] tags, following the examples.
 
@@ -82,13 +93,6 @@ assert f(??) == {output}
 """  # noqa: E501 - CRUXEval's prompts.py, verbatim
 
 
-def answer_text(completion: str) -> str:
-    """What lies inside [ANSWER]...[/ANSWER] (the prompt opens the tag; a CoT completion may open it again)."""
-    if "[ANSWER]" in completion:
-        completion = completion.split("[ANSWER]")[1]
-    return completion.split("[/ANSWER]")[0]
-
-
 def chat_turns(prompt: str) -> tuple[str, list[tuple[str, str]]]:
     """A direct prompt's instruction (answer in a ```python block) and its exemplars as (question, answer) turns."""
     instruction = re.sub(r"\b([Ii]n) \[ANSWER\] and \[/ANSWER\] tags", r"\1 a ```python code block",
@@ -108,7 +112,7 @@ def chat_answer(completion: str) -> str:
 class CRUXEval(Task):
     uses_sandbox = True
     supports_chat = True
-    options = {"timeout": timeout_option(3.0, "3 s (CRUXEval's check_correctness)")}
+    options = {"timeout": timeout_option(TIMEOUT_S, "3 s (CRUXEval's check_correctness)")}
     mode: str  # "output" or "input"
 
     def docs(self) -> list[dict]:
@@ -133,25 +137,27 @@ class CRUXEval(Task):
         return GenerationRequest(doc["task_id"], prompt, STOP, 256, reference=reference)
 
     def extract(self, completion: str) -> str:
-        """CRUXEval's postprocess_generation for the direct prompts."""
-        answer = answer_text(completion)
+        """CRUXEval's postprocess_generation for the direct prompts, after its cut at the stop word [/ANSWER]."""
+        completion = truncate_at_stop(completion, STOP)
         if self.mode == "output":
-            return answer.split("==")[1].strip() if "==" in answer else answer.strip()
-        if "==" in answer:
-            answer = answer.split("==")[0].strip()
-        if "assert" in answer:
-            answer = answer.split("assert")[1].strip()
-        return answer.strip()
+            if "==" in completion:
+                completion = completion.split("==")[1].strip()
+            return completion.strip()
+        if "==" in completion:
+            completion = completion.split("==")[0].strip()
+        if "assert" in completion:
+            completion = completion.split("assert")[1].strip()
+        return completion.strip()
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
         prediction = self.extract(chat_answer(completion) if self.chat else completion)
-        if self.mode == "output" and "f(" in prediction:
-            return Scored("failed", answer=prediction, error="the predicted output calls f(, which is not a literal")
+        if self.mode == "output" and f"f({doc['input']})" in prediction:
+            return Scored("failed", answer=prediction, error="the predicted output contains the call "
+                                                             f"f({doc['input']}) itself")
         if self.mode == "input" and "f(" not in prediction:
             return Scored("failed", answer=prediction, error="the predicted input is not a call f(...)")
-        check = f"f({doc['input']}) == {prediction}" if self.mode == "output" else f"{prediction} == {doc['output']}"
-        text, marker = with_success_marker(f"{doc['code']}\nassert {check}\n")
-        scored = run_scored(sandbox, languages.python().program(text, self.option("timeout")), text, marker)
+        source = harness.python_tests(doc["code"], equal=(doc["output"], prediction), entry_points=["f"])
+        scored = run_scored(sandbox, languages.python().tests(source, self.option("timeout")), source.shown)
         scored.answer = prediction
         return scored
 
@@ -174,12 +180,17 @@ class CRUXEval(Task):
         return {
             "prompt": f"CRUXEval make_direct_{self.mode}_prompt (2-shot), verbatim",
             "stop": list(STOP),
-            "extraction": "inside [ANSWER]...[/ANSWER]; " + ("text after '=='" if self.mode == "output"
-                                                             else "call before '==', after 'assert'"),
-            "checker": ("assert f(input) == prediction; predictions containing 'f(' fail" if self.mode == "output"
-                        else "assert prediction == output; predictions without 'f(' fail"),
+            "extraction": "CRUXEval's postprocess_generation: " + (
+                "the text after the first '=='" if self.mode == "output"
+                else "the text before the first '==', after 'assert'"),
+            "checker": "code; then output == (prediction), the prediction parsed as one expression, in evalkit's "
+                       "Python test harness; " + ("predictions containing f(<input>) fail" if self.mode == "output"
+                                                  else "predictions without 'f(' fail"),
             "published_sampling": PUBLISHED_SAMPLING,
             "run": languages.python().describe() | {"timeout_s_per_command": self.option("timeout")},
+            "reference_timeout_s": TIMEOUT_S,
+            "reference_scorer": "CRUXEval evaluate_score",
+            "deliberate_differences": DELIBERATE_DIFFERENCES,
         } | chat
 
     def environment(self, sandbox) -> dict:

@@ -1,18 +1,20 @@
 """MBPP (500 test problems, task ids 11-510) and MBPP-sanitized (257): the standard 3-shot [BEGIN]/[DONE] prompt.
 
 Exemplars are task ids 2, 3 and 4 with all their tests, laid out as lm-evaluation-harness's `mbpp` task
-does. `--prompt zero-shot` drops the exemplars. A completion passes when its code, then the row's
-test setup (full MBPP: `test_setup_code`, which may use the solution's classes; sanitized: the
-`test_imports`, placed first), then every assert of `test_list` run to the end in python3.
+does. `--prompt zero-shot` drops the exemplars. The program is code_eval's: the completion's code executed
+into a fresh namespace (so an `if __name__ == "__main__":` demo block does not run), then the asserts of
+`test_list`, run by the sandbox's trusted Python harness. Full MBPP's `test_setup_code` (tasks 367 and 927)
+runs before the asserts; sanitized MBPP's `test_imports` come before the code. DELIBERATE_DIFFERENCES lists
+every way a verdict can differ from lm-eval's mbpp task (HF code_eval).
 """
 
 from __future__ import annotations
 
 import ast
 
-from evalkit import languages
+from evalkit import harness, languages
 from evalkit.data import HubSplit, load_rows
-from evalkit.execution import run_scored, with_success_marker
+from evalkit.execution import run_scored
 from evalkit.requests import GenerationRequest
 from evalkit.sanitize import FENCE, sanitize_python_completion
 from evalkit.tasks import Scored, Task, TaskError, register, timeout_option
@@ -22,8 +24,19 @@ STOP = ("[DONE]",)
 EXEMPLAR_IDS = (2, 3, 4)
 TEST_IDS = range(11, 511)
 HUB = "google-research-datasets/mbpp"
+TIMEOUT_S = 60.0  # wall-clock, generous: task 123's own solution needs ~4 s of CPU, 20+ s on a loaded machine
+REFERENCE_TIMEOUT_S = 3.0  # HF code_eval's default
 # Reference solutions that fail their own tests, by task id, with the reason (none found: see the tests).
 KNOWN_BROKEN: dict[str, dict[str, str]] = {"mbpp": {}, "mbpp-sanitized": {}}
+DELIBERATE_DIFFERENCES = harness.PYTHON_DIFFERENCES | {
+    "test-setup-code": "full MBPP's test_setup_code (tasks 367 and 927 build a tree of the completion's Node "
+                       "class) runs before the asserts; lm-eval's mbpp leaves it out, so every completion fails "
+                       "those two there",
+    "sanitizer": "a leading markdown fence is dropped, the completion is cut at [DONE] and markdown fences, and "
+                 "trailing lines that do not parse are dropped (code_eval executes the text as is)",
+    "limits": f"{TIMEOUT_S:g} s wall clock and 1 GiB of address space per program (code_eval: "
+              f"{REFERENCE_TIMEOUT_S:g} s); `--task-option timeout=3` applies the reference's time limit",
+}
 
 
 def describe_problem(text: str, tests: list[str]) -> str:
@@ -56,8 +69,7 @@ class MBPP(Task):
     uses_sandbox = True
     prompt_variants = ("3-shot", "zero-shot")
     supports_chat = True
-    # wall-clock, generous: task 123's own solution needs ~4 s of CPU, 20+ s on a loaded machine
-    options = {"timeout": timeout_option(60.0, "3 s (code_eval)")}
+    options = {"timeout": timeout_option(TIMEOUT_S, f"{REFERENCE_TIMEOUT_S:g} s (code_eval)")}
     text_field = "text"
     local_file = "mbpp/mbpp.jsonl"
     hub_config = "full"
@@ -93,26 +105,27 @@ class MBPP(Task):
         return GenerationRequest(doc["task_id"], self.prompt(doc), STOP, 512, reference=doc["code"] + "\n[DONE]")
 
     def setup(self, doc: dict) -> tuple[str, str]:
-        """Code placed before and after the completion, ahead of the asserts."""
+        """Code placed before the completion (in its module), and test setup run before the asserts."""
         return "", doc.get("test_setup_code") or ""
 
-    def program(self, doc: dict, completion: str) -> tuple[str, str]:
+    def program(self, doc: dict, completion: str) -> harness.TestSource:
         if self.chat:
             completion = _instruct.code_of("python", completion)
         lines = completion.split("\n")
         if lines and FENCE.match(lines[0]):  # a zero-shot answer in a markdown block
             completion = "\n".join(lines[1:])
         code = sanitize_python_completion("", completion, STOP)
-        before, after = self.setup(doc)
-        return with_success_marker(f"{before}{code}\n{after}\n" + "\n".join(doc["test_list"]) + "\n")
+        before, setup = self.setup(doc)
+        return harness.python_tests(before + code, setup, doc["test_list"],
+                                    entry_points=tested_functions(doc["code"], doc["test_list"]))
 
     def score(self, doc: dict, completion: str, sandbox) -> Scored:
         if self.chat:
             code = _instruct.code_of("python", completion)
             if why := _instruct.undefined("python", code, tested_functions(doc["code"], doc["test_list"])):
                 return Scored("failed", program=code, error=why)
-        text, marker = self.program(doc, completion)
-        return run_scored(sandbox, languages.python().program(text, self.option("timeout")), text, marker)
+        source = self.program(doc, completion)
+        return run_scored(sandbox, languages.python().tests(source, self.option("timeout")), source.shown)
 
     def settings(self) -> dict:
         zero_shot = self.prompt_variant == "zero-shot"
@@ -130,8 +143,12 @@ class MBPP(Task):
             "exemplar_ids": [] if zero_shot else list(EXEMPLAR_IDS),
             "stop": list(STOP),
             "sanitizer": "drop a leading markdown fence; cut at [DONE] and fences; drop unparsable trailing lines",
-            "checker": "test setup + completion + every assert of test_list, python3, exit 0 and success marker",
+            "checker": "code_eval's program (completion as a module, not __main__; test setup; every assert of "
+                       "test_list) under evalkit's Python test harness; pass = the harness's end-of-tests signal",
             "run": languages.python().describe() | {"timeout_s_per_command": self.option("timeout")},
+            "reference_timeout_s": REFERENCE_TIMEOUT_S,
+            "reference_scorer": "lm-eval mbpp (HF code_eval)",
+            "deliberate_differences": DELIBERATE_DIFFERENCES,
         } | chat
 
     def environment(self, sandbox) -> dict:

@@ -336,14 +336,14 @@ def test_chat_programs_put_the_answer_between_preamble_and_tests(data_dir):
     answer = ('package main\n\nimport (\n    "math"\n    "fmt"\n)\n\n// takes a list of strings.\n'
               + go.prompt(doc).split("\n)\n", 1)[1] + doc["canonical_solution"]
               + "\nfunc main() {\n    fmt.Println(1)\n}\n")
-    program = go.program(doc, answer + "```")
+    program = go.reference_program(doc, answer + "```")
     assert program.count("package main") == 1 and "func main" not in program
     # Only what the kept code uses: not fmt (main is gone), not strings (named in a comment), not rand ("operand.").
     assert '"math"' in program and '"fmt"' not in program and '"strings"' not in program
-    assert '"math/rand"' not in go.program(doc, answer.replace("numbers[i]", "operand.x[i]") + "```")
+    assert '"math/rand"' not in go.reference_program(doc, answer.replace("numbers[i]", "operand.x[i]") + "```")
     cpp = chat_task("multipl-e-cpp", data_dir)
     doc = next(d for d in cpp.docs() if d["task_id"] == "HumanEval_53_add")
-    program = cpp.program(doc, "long add(long x, long y) {\n    return x + y;\n}\nint main() { }\n```")
+    program = cpp.reference_program(doc, "long add(long x, long y) {\n    return x + y;\n}\nint main() { }\n```")
     assert program.count("int main") == 1 and program.startswith("#include<assert.h>\n#include<bits/stdc++.h>\n")
 
 
@@ -382,7 +382,8 @@ def test_multipl_e_chat_answers_pass_and_mutations_fail(lang, data_dir, sandbox)
         doc = docs[name]
         verdicts = [task.score(doc, f"{doc['prompt']}{body}{CLOSERS[lang]}", sandbox).verdict
                     for body in (correct, mutated)]
-        assert verdicts == ["passed", "failed"], (name, task.program(doc, doc["prompt"] + correct + CLOSERS[lang]))
+        shown = task.reference_program(doc, doc["prompt"] + correct + CLOSERS[lang])
+        assert verdicts == ["passed", "failed"], (name, shown)
 
 
 def test_gate_refuses_to_compare_a_chat_run_with_a_base_run(tmp_path):

@@ -72,19 +72,21 @@ def test_zero_shot_variant_and_unknown_variant(data_dir):
 
 def test_program_puts_setup_after_the_code_and_imports_before(mbpp, sanitized):
     task, docs = mbpp
-    text, marker = task.program(docs["367"], "class Node:\n    pass\n[DONE] trailing chatter")
-    assert text.index("class Node") < text.index("root = Node(1)") < text.index("assert ")
-    assert "chatter" not in text and text.endswith(f"print({marker!r})\n")
+    source = task.program(docs["367"], "class Node:\n    pass\n[DONE] trailing chatter")
+    spec = json.loads(source.files["tests.json"])
+    assert spec["module"] == "class Node:\n    pass\n" and "chatter" not in source.shown
+    assert spec["setup"].startswith("root = Node(1)") and spec["statements"] == docs["367"]["test_list"]
+    assert source.shown.index("class Node") < source.shown.index("root = Node(1)") < source.shown.index("assert ")
     task, docs = sanitized
     doc = next(d for d in docs.values() if d["test_imports"])
-    text, _ = task.program(doc, "def f():\n    return 1\n")
-    assert text.startswith(doc["test_imports"][0] + "\n")
+    spec = json.loads(task.program(doc, "def f():\n    return 1\n").files["tests.json"])
+    assert spec["module"].startswith(doc["test_imports"][0] + "\n") and not spec["setup"]
 
 
 def test_markdown_fenced_answer_is_unwrapped(mbpp):
     task, docs = mbpp
-    text, _ = task.program(docs["11"], "```python\ndef f():\n    return 1\n```\nExplanation: ...")
-    assert text.startswith("def f():\n    return 1\n") and "```" not in text
+    source = task.program(docs["11"], "```python\ndef f():\n    return 1\n```\nExplanation: ...")
+    assert source.files["main.py"] == "def f():\n    return 1\n" and "```" not in source.shown
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +107,24 @@ def test_reference_solutions_pass(self_check, name):
 
 
 @pytest.mark.docker
-def test_wrong_answers_and_early_exits_fail(sandbox, mbpp, data_dir):
-    _, docs = mbpp
+def test_wrong_answers_and_early_exits_fail(sandbox, data_dir):
     task = get_task("mbpp", DataConfig(mirror=data_dir), timeout=3.0)
-    task.docs()
-    doc = docs["11"]
+    doc = {d["task_id"]: d for d in task.docs()}["11"]
     wrong = doc["code"].replace("return", "return None and", 1)
     assert task.score(doc, wrong, sandbox).verdict == "failed"
-    early_exit = "import sys\nsys.exit(0)\n" + doc["code"]
+    early_exit = "import os\nos._exit(0)\n" + doc["code"]
     scored = task.score(doc, early_exit, sandbox)
-    assert scored.verdict == "failed" and "exited before its tests finished" in scored.error
+    assert scored.verdict == "failed" and "before the end of its tests" in scored.error
     assert task.score(doc, "while True:\n    pass\n", sandbox).verdict == "timeout"
+
+
+@pytest.mark.docker
+def test_a_demo_block_under_main_does_not_run(sandbox, mbpp):
+    """code_eval executes the code into a fresh namespace, where `__name__ == "__main__"` is false."""
+    task, docs = mbpp
+    doc = docs["11"]
+    demo = doc["code"] + "\nif __name__ == '__main__':\n    print(input())\n    assert False\n"
+    assert task.score(doc, demo, sandbox).passed
 
 
 def test_loads_from_the_hub_without_a_mirror(monkeypatch, data_dir):

@@ -137,15 +137,51 @@ def test_docs_use_multipl_e_names_and_stop_tokens(docs, tasks, lang):
 
 def test_program_is_prompt_completion_tests_cut_at_stop(tasks, docs):
     doc = docs["cpp"]["HumanEval_53_add"]
-    text = tasks["cpp"].program(doc, "    return x + y;\n}\n\nint main() { return 1; }\n")
+    text = tasks["cpp"].reference_program(doc, "    return x + y;\n}\n\nint main() { return 1; }\n")
     assert text == doc["prompt"] + "    return x + y;" + "\n" + doc["tests"]
+
+
+# Unusual shapes of answers to HumanEval_53_add: lang -> [(label, completion, tag)]. A tag names the task's
+# DELIBERATE_DIFFERENCES entry that makes evalkit's verdict differ from MultiPL-E's; None: they must agree.
+SHAPES: dict[str, list[tuple[str, str, str | None]]] = {
+    "cpp": [
+        ("lambda helper", "    auto same = [](long v) { return v; };\n    return same(x) + y;", None),
+        ("prints", "    std::cout << \"debug\" << std::endl;\n    return x + y;", None),
+        ("global after", "    return x + y;\n  }\nstatic long unused_global = 0;\nlong extra() {\n    return unused_global;",
+         None),
+        ("exits inside", "    exit(0);", "end-of-tests-signal"),
+        ("macro over assert", "    return x - y;\n  }\n#define assert(x) ((void)0)\nlong extra() {\n    return 0;",
+         "tests-out-of-reach"),
+    ],
+    "java": [
+        ("prints", "        System.out.println(\"debug\");\n        return x + y;", None),
+        ("helper after", "        return same(x) + y;\n    }\n    static long same(long v) {\n        return v;", None),
+        ("exits inside", "        System.exit(0);\n        return 0;", "end-of-tests-signal"),
+    ],
+    "js": [
+        ("logs", "  console.log('debug', x, y);\n  return x + y;\n}\n", None),
+        ("exports", "  return x + y;\n}\nmodule.exports = add;\n", None),
+        ("throws", "  throw new Error('not yet');\n}\n", None),
+        ("exits at top level", "  return x - y;\n}\nprocess.exit(0);\n", "end-of-tests-signal"),
+        ("shadows require", "  return x - y;\n}\n  function require() { return { deepEqual() {} }; }\n",
+         "tests-out-of-reach"),
+    ],
+    "sh": [
+        ("debug to stderr", "    echo \"debug\" >&2\n    echo $(( $1 + $2 ))", None),
+        ("bc", "    echo \"$1 + $2\" | bc", None),
+        ("top-level echo", "    echo $(( $1 + $2 ))\n  }\necho loaded\nextra() {\n    :", None),
+        ("trap exit 0", "    echo $(( $1 - $2 ))\n  }\ntrap 'exit 0' EXIT\nextra() {\n    :", "tests-out-of-reach"),
+    ],
+}
 
 
 @pytest.fixture(scope="module")
 def sandbox_verdicts(sandbox, tasks, docs):
-    """(lang, name, "correct"/"mutated") -> Scored, all run through the pool at once."""
+    """(lang, name, kind) -> Scored, all run through the pool at once (kind: correct, mutated or a shape)."""
     jobs = [(lang, name, kind, completion) for name, by_lang in SOLUTIONS.items() for lang, pair in by_lang.items()
             for kind, completion in zip(("correct", "mutated"), pair, strict=True)]
+    jobs += [(lang, "HumanEval_53_add", label, completion) for lang, shapes in SHAPES.items()
+             for label, completion, _ in shapes]
     with ThreadPoolExecutor(max_workers=sandbox.size) as pool:
         scored = pool.map(lambda j: tasks[j[0]].score(docs[j[0]][j[1]], j[3], sandbox), jobs)
         return {(lang, name, kind): s for (lang, name, kind, _), s in zip(jobs, scored, strict=True)}
@@ -195,21 +231,28 @@ def reference_passes(lang: str, program: str) -> bool:
 
 
 HOST_TOOLS = {"cpp": "g++", "java": "javac", "js": "node", "sh": "bash"}
-HOST_SAMPLE = ("HumanEval_53_add", "HumanEval_35_max_element")
-
-
 @pytest.mark.docker
 @pytest.mark.parametrize("lang", LANGS)
 def test_verdicts_agree_with_multipl_e_run_commands(sandbox_verdicts, tasks, docs, lang):
+    """Every replayed sample, on MultiPL-E's own command lines on this host: equal verdicts, or a listed
+    deliberate difference."""
+    from agreement import Sample, assert_agreement
+
+    from tasks.multipl_e import DELIBERATE_DIFFERENCES
+
     if shutil.which(HOST_TOOLS[lang]) is None:
         pytest.skip(f"{HOST_TOOLS[lang]} is not installed on this host, so MultiPL-E's command cannot run here")
     if lang == "java" and not Path(languages.JAVATUPLES_JAR).is_file():
         pytest.skip(f"MultiPL-E's Java command needs {languages.JAVATUPLES_JAR} (Debian: libjavatuples-java)")
-    for name in HOST_SAMPLE:
-        for kind, completion in zip(("correct", "mutated"), SOLUTIONS[name][lang], strict=True):
-            program = tasks[lang].program(docs[lang][name], completion)
-            ours = sandbox_verdicts[(lang, name, kind)].passed
-            assert reference_passes(lang, program) == ours, (name, kind, ours)
+    jobs = [(name, kind, completion, None) for name in SOLUTIONS
+            for kind, completion in zip(("correct", "mutated"), SOLUTIONS[name][lang], strict=True)]
+    jobs += [("HumanEval_53_add", label, completion, tag) for label, completion, tag in SHAPES[lang]]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        theirs = list(pool.map(lambda j: reference_passes(lang, tasks[lang].reference_program(docs[lang][j[0]], j[2])),
+                               jobs))
+    samples = [Sample(f"{name} {kind}", sandbox_verdicts[(lang, name, kind)].passed, reference, tag)
+               for (name, kind, _, tag), reference in zip(jobs, theirs, strict=True)]
+    assert_agreement(samples, DELIBERATE_DIFFERENCES, minimum=23)
 
 
 @pytest.mark.docker

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from evalkit.sandbox.program import Execution, Program, SandboxError
+from evalkit.sandbox.program import Execution, Program, SandboxError, SandboxUnavailable
 
-__all__ = ["Execution", "Program", "Sandbox", "SandboxError", "open_sandbox"]
+__all__ = ["Execution", "Program", "Sandbox", "SandboxError", "SandboxUnavailable", "open_sandbox"]
 
 
 class Sandbox(Protocol):
-    """Runs programs; `run` is thread-safe, and `size` is how many run at once."""
+    """Runs programs; `run` is thread-safe, and `size` is how many run at once.
+
+    `run` returns a verdict-bearing Execution, or raises SandboxUnavailable when the sandbox could not run
+    the program at all (the engine is gone): it never turns an infrastructure fault into a verdict.
+    """
 
     size: int
 
     def run(self, program: Program) -> Execution: ...
 
     def describe(self) -> dict: ...
+
+    def label_run(self, run_id: str) -> None: ...
 
     def close(self) -> None: ...
 

@@ -48,24 +48,35 @@ ENGINE_HELP = (
 
 
 def check_engine() -> None:
-    """Raise SandboxError unless the docker CLI is installed and an engine answers."""
+    """Raise SandboxError unless the docker CLI is installed (workers run through it) and an engine answers."""
     if shutil.which("docker") is None:
         raise SandboxError(
             f"the `docker` command is not installed, so generated code cannot be sandboxed. {ENGINE_HELP}"
         )
+    import docker
+
     try:
-        proc = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                              capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        raise SandboxError(f"the Docker engine did not answer within 20 s. {ENGINE_HELP}") from None
-    if proc.returncode != 0:
-        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no answer"
-        raise SandboxError(f"no Docker engine is reachable ({reason}). {ENGINE_HELP}")
+        client = docker.from_env(timeout=20)
+        try:
+            client.version()
+        finally:
+            client.close()
+    except docker.errors.DockerException as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else "no answer"
+        raise SandboxError(f"no Docker engine is reachable ({reason}). {ENGINE_HELP}") from None
 
 
 def image_exists(tag: str) -> bool:
-    proc = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, timeout=30)
-    return proc.returncode == 0
+    import docker
+
+    client = docker.from_env(timeout=30)
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    finally:
+        client.close()
 
 
 def require_image(tag: str) -> None:

@@ -40,6 +40,9 @@ class UnsafeLocalExecutor:
     def run(self, program: Program) -> Execution:
         return Execution.from_json(self._runner.execute(program.to_json(), logroot=self._root))
 
+    def label_run(self, run_id: str) -> None:
+        """Nothing to label: no containers."""
+
     def describe(self) -> dict:
         return {"kind": "unsafe-local", "workers": self.size}
 

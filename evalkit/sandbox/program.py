@@ -1,4 +1,4 @@
-"""A program to execute in the sandbox, and what came of it."""
+"""A program to execute in the sandbox, what came of it, and the errors of a sandbox that cannot run one."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ class Program:
     Every command but the last is a build step (a compiler, say): if one fails, the rest are skipped.
     `timeout` bounds each command's wall-clock time. `memory_mb` caps each process's address space
     (None leaves only the container's cgroup limit, which JVMs need). `stdin` feeds the last command.
+
+    `end_signal`: the last command runs under a trusted test harness (evalkit.harness) that reads a per-run
+    secret from stdin before any code of the completion runs and writes it to file descriptor 3 once the last
+    test has passed. Exit status 0 without that signal is a failure: the program left before its tests ended.
     """
 
     files: dict[str, str]
@@ -21,6 +25,11 @@ class Program:
     timeout: float = 10.0
     memory_mb: int | None = 1024
     stdin: str = ""
+    end_signal: bool = False
+
+    def __post_init__(self) -> None:
+        if self.end_signal and self.stdin:
+            raise ValueError("a program with an end-of-tests signal takes no stdin: the signal uses it")
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -32,9 +41,10 @@ class Program:
 class Execution:
     """The outcome of one Program.
 
-    status: "ok" (every command exited 0), "failed" (a command exited non-zero or died of a signal),
+    status: "ok" (every command exited 0, and the tests signalled their end where the program asked for it),
+    "failed" (a command exited non-zero or died of a signal, or exited 0 before its tests ended),
     "build_failed" (a build step failed), "timeout", or "error" (the sandbox itself failed: no verdict
-    on the program can be drawn).
+    on the program can be drawn). `end_signal`: whether the tests signalled their end (None: not asked).
     """
 
     status: str
@@ -43,6 +53,7 @@ class Execution:
     stderr: str = ""
     duration: float = 0.0
     detail: str = ""
+    end_signal: bool | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -51,7 +62,8 @@ class Execution:
 
     @classmethod
     def from_json(cls, d: dict) -> Execution:
-        return cls(**{k: d[k] for k in ("status", "exit_code", "stdout", "stderr", "duration", "detail") if k in d})
+        keys = ("status", "exit_code", "stdout", "stderr", "duration", "detail", "end_signal")
+        return cls(**{k: d[k] for k in keys if k in d})
 
 
 class SandboxError(EvalkitError, RuntimeError):
@@ -59,4 +71,8 @@ class SandboxError(EvalkitError, RuntimeError):
 
 
 class SandboxUnavailable(SandboxError):
-    """The engine stayed away past the retry budget: no verdict can be drawn, so the run stops (resumable)."""
+    """The sandbox engine went away mid-run and did not come back within the retry budget.
+
+    No verdict was drawn on the program being run: the run stops, and `--resume` continues it once the
+    engine is back.
+    """
