@@ -327,17 +327,6 @@ class BenchRow:
     note: str = ""
 
 
-def cache_bytes(cache: object) -> int:
-    """Bytes held by a model cache (the KV buffers, or the Mamba conv and SSM states)."""
-    if hasattr(cache, "nbytes") and callable(cache.nbytes):
-        return int(cache.nbytes())
-    total = 0
-    for value in vars(cache).values():
-        tensors = value if isinstance(value, (list, tuple)) else [value]
-        total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-    return total
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -359,7 +348,7 @@ def _round(model: torch.nn.Module, ids: torch.Tensor, decode_tokens: int) -> tup
         token = model.forward_cached(token, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
         _sync(device)
         steps.append(time.perf_counter() - start)
-    return prefill, statistics.median(steps), cache_bytes(cache)
+    return prefill, statistics.median(steps), cache.nbytes()
 
 
 def measure_point(model: torch.nn.Module, arch: str, context: int, cfg: BenchConfig, vocab: int,

@@ -281,11 +281,11 @@ class TaskEvaluation:
         self.lock = threading.Lock()
         self.progress = progress
         self.bar: tqdm | None = None  # made when the task runs, so tasks waiting their turn show no bar
-        parallel = task.uses_sandbox and sandbox is not None and sandbox.size > 1 and not opts.generate_only
+        # Sandbox executions run on their own threads, even with one worker, so they overlap generation.
+        parallel = task.uses_sandbox and sandbox is not None and not opts.generate_only
         self.workers = sandbox.size if parallel else 1
         self.pool: ThreadPoolExecutor | None = None
         self.parallel = parallel
-        self.stopped = False  # interrupted: executions still in flight record nothing
         self.pending: set[Future] = set()
 
     def _all_keys(self) -> Iterator[tuple[str, int]]:
@@ -300,7 +300,6 @@ class TaskEvaluation:
                         dynamic_ncols=True)
         self.bar.update(sum(1 for k in self._all_keys() if k in self._done_set()))
         self.pool = ThreadPoolExecutor(max_workers=self.workers) if self.parallel else None
-        interrupted = False
         try:
             todo_generate = []
             for doc in self.docs:
@@ -319,18 +318,11 @@ class TaskEvaluation:
                     if not self.opts.overlap:
                         self.drain(0)
             self.drain(0)
-        except BaseException:
-            interrupted = True
-            with self.lock:
-                self.stopped = True
-            raise
         finally:
             for future in self.pending:
                 future.cancel()
             if self.pool is not None:
-                # Interrupted: do not wait for the programs in flight (up to a minute each); closing the sandbox
-                # ends them, and their samples are done again on --resume.
-                self.pool.shutdown(wait=not interrupted, cancel_futures=True)
+                self.pool.shutdown(wait=True, cancel_futures=True)
             self.bar.close()
         if self.opts.generate_only:
             return []
@@ -449,8 +441,6 @@ class TaskEvaluation:
         if not rows:
             return
         with self.lock:
-            if self.stopped:  # finished while the sandbox shut down: maybe no verdict at all; --resume redoes it
-                return
             self.store.append("samples.jsonl", rows)
             for r in rows:
                 key = (r["task_id"], r["sample_index"])

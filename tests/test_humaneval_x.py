@@ -108,8 +108,8 @@ SHAPES: dict[str, list[tuple[str, str, str | None]]] = {
         ("helper after", "    return same(x)+y;\n}\nint same(int v){\n    return v;\n}\n", None),  # undeclared: fails
         ("prints", "    printf(\"debug\\n\");\n    return x+y;\n}\n", None),
         ("global after", "    return x+y;\n}\nstatic int unused_global = 0;\n", None),
-        ("exits before main", "    return x-y;\n}\n#include <cstdlib>\nstruct Leave { Leave() { std::exit(0); } } "
-                              "leave;\n", "end-of-tests-signal"),
+        ("exits before main", "    return x-y;\n}\nstruct Leave { Leave() { exit(0); } } leave;\n"
+                              "int unused() { return 0; }\n", "end-of-tests-signal"),  # the cleanup keeps up to "}"
     ],
     "java": [
         ("prints", "        System.out.println(\"debug\");\n        return x + y;\n    }\n}", None),
@@ -122,7 +122,7 @@ SHAPES: dict[str, list[tuple[str, str, str | None]]] = {
     "js": [
         ("prints", "  console.log('debug');\n  return x + y;\n};\n", None),  # CodeGeeX: any output fails
         ("helper after", "  return same(x) + y;\n};\nconst same = (v) => v;\n", None),
-        ("silent exit 1", "  return x + y;\n};\nprocess.exit(1);\n", "end-of-tests-signal"),
+        ("silent exit 1", "  return x + y;\n};\nif (true) { process.exit(1); }\n", "end-of-tests-signal"),
         ("patched console.assert", "  return x - y;\n};\nconsole.assert = () => {};\n", "tests-out-of-reach"),
     ],
     "rust": [

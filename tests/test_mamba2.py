@@ -10,7 +10,15 @@ from mamba2_checkpoints import SMALL_SIZES, oracle, save_hf, save_native
 
 from evalkit.models import load_model
 from evalkit.models.generate import generate
-from evalkit.models.mamba2 import Mamba2Config, Mamba2LM, load_mamba2, ssd_scan
+from evalkit.models.mamba2 import (
+    Mamba2Config,
+    Mamba2LM,
+    heads_to_state,
+    load_mamba2,
+    ssd_minimal,
+    ssd_scan,
+    state_to_heads,
+)
 
 FP32_TOL = 1e-4
 # bf16 keeps 8 significant bits (relative rounding 2^-9 per operation; the logits themselves are rounded
@@ -201,18 +209,28 @@ def assert_bf16_close(got: torch.Tensor, fp32: torch.Tensor) -> None:
     assert (got.argmax(-1) == fp32.argmax(-1)).float().mean().item() >= BF16_MIN_ARGMAX_AGREEMENT
 
 
-def test_ssd_scan_matches_a_token_by_token_recurrence():
-    g = torch.Generator().manual_seed(7)
-    b, t, h, p, groups, n = 2, 21, 4, 3, 2, 5
-    x = torch.randn(b, t, h, p, generator=g)
-    dt = torch.rand(b, t, h, generator=g)
-    A = -torch.rand(h, generator=g) * 2
-    B = torch.randn(b, t, groups, n, generator=g)
-    C = torch.randn(b, t, groups, n, generator=g)
-    y, final = ssd_scan(x, dt, A, B, C, chunk_size=8)
-    # Plain recurrence per head: h_t = exp(dt A) h_{t-1} + dt x_t (outer) B_t ; y_t = h_t . C_t
-    state = torch.zeros(b, h, p, n)
-    head_group = torch.arange(h) // (h // groups)
+def ssd_inputs(seed: int, b: int = 2, t: int = 48, h: int = 4, p: int = 3, g: int = 2, n: int = 5):
+    """Random scan inputs: x (b,t,h,p), dt (b,t,h) > 0, A (h) < 0, B and C (b,t,g,n)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(b, t, h, p, generator=gen),
+        torch.rand(b, t, h, generator=gen),
+        -torch.rand(h, generator=gen) * 2,
+        torch.randn(b, t, g, n, generator=gen),
+        torch.randn(b, t, g, n, generator=gen),
+    )
+
+
+def test_ssd_minimal_matches_a_token_by_token_recurrence():
+    """The readable definition against the recurrence itself, from a non-zero state."""
+    x, dt, A, B, C = ssd_inputs(7)
+    b, t, h, p = x.shape
+    g, n = B.shape[2:]
+    start = torch.randn(b, h, p, n, generator=torch.Generator().manual_seed(8))
+    y, final = ssd_minimal(x, dt, A, B, C, chunk_size=16, state=start)
+    # Per head: h_t = exp(dt A) h_{t-1} + dt x_t (outer) B_t ; y_t = h_t . C_t, head k reading group k // (h/g).
+    state = start
+    head_group = torch.arange(h) // (h // g)
     expected = []
     for i in range(t):
         Bh, Ch = B[:, i, head_group], C[:, i, head_group]  # (b,h,n)
@@ -222,6 +240,47 @@ def test_ssd_scan_matches_a_token_by_token_recurrence():
         )
         expected.append((state * Ch[:, :, None]).sum(-1))
     assert (y - torch.stack(expected, 1)).abs().max().item() < 1e-5
-    # The final state, in the cache layout (b, g, n, heads_per_group * p).
-    as_cache = state.view(b, groups, h // groups, p, n).permute(0, 1, 4, 2, 3).reshape(b, groups, n, -1)
-    assert (final - as_cache).abs().max().item() < 1e-5
+    assert (final - state).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("chunk_size", [16, 7, 64])  # ssd_minimal's chunk; a length not a multiple; one chunk
+@pytest.mark.parametrize("with_state", [False, True])
+def test_ssd_scan_matches_ssd_minimal(chunk_size, with_state):
+    """The fast scan against the definition: outputs and the final state, in the cache layout."""
+    x, dt, A, B, C = ssd_inputs(9)
+    b, t, h, p = x.shape
+    g, n = B.shape[2:]
+    start = torch.randn(b, h, p, n, generator=torch.Generator().manual_seed(10)) if with_state else None
+    y_ref, final_ref = ssd_minimal(x, dt, A, B, C, chunk_size=16, state=start)
+    cache_state = None if start is None else heads_to_state(start, g)
+    y, final = ssd_scan(x, dt, A, B, C, chunk_size=chunk_size, state=cache_state)
+    assert (y - y_ref).abs().max().item() < 1e-5
+    assert final.shape == (b, g, n, h // g * p)
+    assert (state_to_heads(final, p) - final_ref).abs().max().item() < 1e-5
+
+
+def test_state_layout_helpers_are_inverse_and_group_the_heads():
+    heads = torch.randn(2, 6, 3, 5)  # (b, h, p, n): 6 heads in 3 groups of 2
+    state = heads_to_state(heads, n_groups=3)
+    assert state.shape == (2, 3, 5, 6)
+    assert torch.equal(state[1, 2, :, 3:], heads[1, 5].t())  # group 2's second head, transposed
+    assert torch.equal(state_to_heads(state, headdim=3), heads)
+
+
+def test_cache_nbytes_counts_both_states(small):
+    _, ours = small
+    cfg = ours.config
+    cache = ours.new_cache(3)
+    per_row_layer = cfg.d_conv * cfg.conv_dim * 4 + cfg.n_heads * cfg.headdim * cfg.d_state * 4  # fp32 model
+    assert cache.nbytes() == 3 * cfg.n_layers * per_row_layer
+
+
+def test_decode_step_reads_nothing_back_from_the_device(small):
+    """The step a CUDA graph captures: on meta tensors (shapes, no data) any host read (.item(), bool(),
+    .tolist(), a branch on values) raises; so does a shape that depends on the data."""
+    _, ours = small
+    with torch.device("meta"):
+        model = Mamba2LM(ours.config)
+    cache = model.new_cache(3)
+    logits = model.decode_step(torch.zeros(3, dtype=torch.long, device="meta"), cache)
+    assert logits.shape == (3, ours.config.vocab_size) and logits.dtype == torch.float32

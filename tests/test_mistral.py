@@ -32,6 +32,7 @@ WINDOW = 16
 SEQ = 100  # > 6 windows
 ATOL = 1e-4
 
+# The name map of mistral.py (_HF_LAYER), repeated on purpose: an oracle must not import what it checks.
 HF_TO_NATIVE = {
     "self_attn.q_proj": "attention.wq",
     "self_attn.k_proj": "attention.wk",
@@ -295,6 +296,67 @@ def test_cache_without_window_grows_with_context(full):
     model.forward_cached(torch.zeros(1, 300, dtype=torch.long), cache)
     assert cache.slots >= 300
     assert sorted(p for p in cache.slot_pos[0].tolist() if p >= 0) == list(range(300))
+
+
+def tiny_mistral(window: int | None, seed: int = 0) -> Mistral:
+    torch.manual_seed(seed)
+    cfg = MistralConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, hidden_dim=64, vocab_size=VOCAB,
+                        sliding_window=window)
+    return Mistral(cfg).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def test_slot_arithmetic_follows_the_worked_example():
+    """KVCache's docstring example, W = 4: two prompts prefilled alone, stacked, one decode step."""
+    model = tiny_mistral(window=4)
+    caches = [model.new_cache(1), model.new_cache(1)]
+    model.forward_cached(torch.arange(6)[None], caches[0])
+    model.forward_cached(torch.arange(2)[None], caches[1])
+    assert caches[0].slot_pos.tolist() == [[4, 5, 2, 3]]
+    assert caches[1].slot_pos.tolist() == [[0, 1, -1, -1]]
+    cache = KVCache.stack(caches)
+    model.forward_cached(torch.tensor([[6], [2]]), cache)
+    assert cache.slot_pos.tolist() == [[4, 5, 6, 3], [0, 1, 2, -1]]
+    assert cache.lengths.tolist() == [7, 3]
+
+
+@pytest.mark.parametrize("variant", ["swa", "full"])
+@torch.no_grad()
+def test_decode_step_in_a_preallocated_cache_matches_each_rows_own_forward(variant, swa, full):
+    """What batched generation does: prompts prefilled alone, copied into rows of a cache allocated once
+    (row 3 left free), then fixed-shape decode steps over a view of the running rows. Rows cross the
+    window at different steps; each row's logits are those of its own full forward."""
+    _, hf_dir, _ = swa if variant == "swa" else full
+    model = load(hf_dir)
+    gen = torch.Generator().manual_seed(23)
+    prompts = [torch.randint(0, VOCAB, (1, n), generator=gen) for n in (3, 14, 29)]
+    steps = 20
+    cache = model.new_cache(4, length=29 + steps)
+    for row, prompt in enumerate(prompts):
+        one = model.new_cache(1)
+        model.forward_cached(prompt, one)
+        cache.assign(torch.tensor([row]), one)
+    running = cache.head(3)
+    tokens = torch.randint(0, VOCAB, (3, steps), generator=gen)
+    slots_before = cache.slots
+    got = torch.stack([model.decode_step(tokens[:, i], running) for i in range(steps)], dim=1)
+    assert cache.slots == slots_before and cache.lengths[:3].tolist() == [3 + steps, 14 + steps, 29 + steps]
+    for row, prompt in enumerate(prompts):
+        ref = model(torch.cat((prompt, tokens[row : row + 1]), dim=1))[0, -steps:]
+        assert (got[row] - ref).abs().max() < 1e-5
+        assert got[row].argmax(-1).tolist() == ref.argmax(-1).tolist()
+
+
+def test_decode_step_reads_nothing_back_from_the_device(swa):
+    """The step a CUDA graph captures: on meta tensors (shapes, no data) any host read (.item(), bool(),
+    .tolist(), a branch on values) raises; so would a shape that depends on the data."""
+    hf, _, _ = swa
+    with torch.device("meta"):
+        model = Mistral(MistralConfig.from_hf(hf.config.to_dict()))
+        cache = model.new_cache(3, length=40)
+    logits = model.decode_step(torch.zeros(3, dtype=torch.long, device="meta"), cache)
+    assert logits.shape == (3, VOCAB) and logits.dtype == torch.float32
+    assert cache.slots == WINDOW
 
 
 # ----------------------------------------------------------------------------------------- generation

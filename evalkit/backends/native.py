@@ -146,10 +146,8 @@ class NativeBackend(Backend):
         )
         out = []
         for request, info, samples in zip(requests, prompt_info, completions, strict=True):
-            # generate_batch says "eos" or "stop" where the documented vocabulary has "stop"
-            texts = [Completion(truncate_at_stop(c.text, request.stop),
-                                finish_reason="length" if c.finish == "length" else "stop",
-                                info=info | {"completion_tokens": len(c.ids)}) for c in samples]
+            texts = [Completion(truncate_at_stop(c.text, request.stop), finish_reason=c.finish_reason,
+                                info=info | {"completion_tokens": c.n_tokens}) for c in samples]
             out.append(texts * len(request.sample_indices) if greedy else texts)
         return out
 

@@ -1,7 +1,8 @@
 """Mamba-2 (SSD) language model in plain PyTorch, loading Codestral Mamba checkpoints.
 
-Reads top to bottom: config -> norms -> chunked SSD scan (prefill) -> causal conv -> mixer (prefill
-and single-token decode) -> residual block -> cache -> language model -> loader.
+Reads top to bottom: config -> norms -> the SSD as the paper writes it (`ssd_minimal`) -> the fast
+chunked scan used for prefill (`ssd_scan`) -> causal conv -> mixer (prefill and single-token decode)
+-> residual block -> cache -> language model -> loader.
 
 Numerics follow the references (state-spaces/mamba, transformers' Mamba2): the scan, the SSM state,
 the gated norm and the residual stream are float32 whatever the weight dtype; matmuls of the
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evalkit.models.checkpoint import CheckpointError, load_weights, read_config, stored_dtype
+from evalkit.models.logits import vocab_logits
 
 
 @dataclass(frozen=True)
@@ -152,21 +153,81 @@ class GatedRMSNorm(nn.Module):
         return grouped.flatten(-2).mul_(self.weight.float()).to(self.weight.dtype)
 
 
+# ------------------------------------------------------------------------------ the SSD, as the paper writes it
+
+
+def segsum(x: Tensor) -> Tensor:
+    """(..., t) -> (..., t, t): out[..., i, j] = x[j+1] + ... + x[i] for j <= i (0 on the diagonal), -inf above.
+
+    With x the log-decays of a chunk, exp(segsum(x))[i, j] is how much of step j's input survives at step i.
+    """
+    t = x.shape[-1]
+    x = x[..., None].expand(*x.shape, t)  # x[..., i, j] = x[i]
+    x = x.masked_fill(~torch.ones(t, t, dtype=torch.bool, device=x.device).tril(-1), 0.0)
+    x = x.cumsum(dim=-2)
+    return x.masked_fill(~torch.ones(t, t, dtype=torch.bool, device=x.device).tril(), -torch.inf)
+
+
+def ssd_minimal(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The chunked SSD of the Mamba-2 paper's minimal listing (mamba_ssm ssd_minimal_discrete): the definition
+    `ssd_scan` is tested against. Plain and slow: it materialises every (chunk x chunk) decay matrix per head.
+
+    x (b,t,h,p), dt (b,t,h) after softplus, A (h) negative, B and C (b,t,g,n), t a multiple of chunk_size;
+    state (b,h,p,n) before the first token, or None for zeros. Returns y (b,t,h,p) without the D skip and the
+    state after the last token (b,h,p,n).
+    """
+    b, t, h, p = x.shape
+    q, c, hg = chunk_size, t // chunk_size, h // B.shape[2]
+    X = (x * dt[..., None]).reshape(b, c, q, h, p)  # discretised input
+    A = (A * dt).reshape(b, c, q, h).permute(0, 3, 1, 2)  # (b,h,c,q) discretised log-decays
+    B = B.repeat_interleave(hg, dim=2).reshape(b, c, q, h, -1)  # head k reads group k // hg
+    C = C.repeat_interleave(hg, dim=2).reshape(b, c, q, h, -1)
+    A_cumsum = A.cumsum(dim=-1)
+
+    # 1. Within each chunk (the diagonal blocks): a masked, decayed "attention" of C over B.
+    L = torch.exp(segsum(A))
+    Y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C, B, L, X)
+    # 2. The state each chunk adds, decayed to the chunk's end.
+    decay_states = torch.exp(A_cumsum[..., -1:] - A_cumsum)
+    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_states, X)
+    # 3. The state entering each chunk: a recurrence over chunks, not tokens.
+    initial = torch.zeros_like(states[:, :1]) if state is None else state[:, None]
+    states = torch.cat([initial, states], dim=1)
+    decay_chunk = torch.exp(segsum(F.pad(A_cumsum[..., -1], (1, 0))))
+    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
+    states, final_state = states[:, :-1], states[:, -1]
+    # 4. What the entering state adds to each output (the off-diagonal blocks).
+    Y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, torch.exp(A_cumsum))
+    return (Y_diag + Y_off).reshape(b, t, h, p), final_state
+
+
+# ------------------------------------------------------------------------------ the SSD, fast
+
+# The SSM state of a head is a (p, n) matrix; references keep a batch as (b, h, p, n). ssd_scan, the decode
+# step and Mamba2Cache keep it as (b, g, n, hg*p) instead: per group, the states of its hg heads, transposed
+# and side by side. The heads of a group share B and C, so the output C . state is one (1, n) @ (n, hg*p)
+# matmul per group whose result is already in channel order, and the update adds one outer product
+# B (n) x dt*x (hg*p) per group: no per-head expansion of B and C, no transposes per token.
+
+
+def state_to_heads(state: Tensor, headdim: int) -> Tensor:
+    """The cache layout (b, g, n, hg*p) -> the references' (b, h, p, n)."""
+    b, g, n, hp = state.shape
+    return state.view(b, g, n, hp // headdim, headdim).permute(0, 1, 3, 4, 2).reshape(b, -1, headdim, n)
+
+
+def heads_to_state(heads: Tensor, n_groups: int) -> Tensor:
+    """The references' (b, h, p, n) -> the cache layout (b, g, n, hg*p)."""
+    b, h, p, n = heads.shape
+    return heads.view(b, n_groups, h // n_groups, p, n).permute(0, 1, 4, 2, 3).reshape(b, n_groups, n, -1)
+
+
 # Prefill chunk length on CPU. Work within a chunk grows with its length, work across chunks shrinks;
 # on CPU 64 is fastest (about 1.3x the speed of Codestral's 256 at 2048 tokens). Other devices keep the
 # checkpoint's chunk_size. Either way the results are the same.
 CPU_CHUNK_SIZE = 64
-
-_causal_masks: dict[tuple[int, torch.device], Tensor] = {}
-
-
-def _strictly_upper(q: int, device: torch.device) -> Tensor:
-    """Boolean (q, q) mask of positions s > l, which a causal scan must not see."""
-    key = (q, device)
-    if key not in _causal_masks:
-        _causal_masks[key] = torch.ones(q, q, dtype=torch.bool, device=device).triu(1)
-    return _causal_masks[key]
-
 
 # exp() of a decay below this is < 1e-26: zero next to any term that matters, and clamping there keeps
 # the elementwise products out of the (very slow on CPU) denormal range.
@@ -176,17 +237,16 @@ _MIN_LOG_DECAY = -60.0
 def ssd_scan(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Chunked state-space-duality scan (the ssd_minimal_discrete algorithm), in float32.
+    """`ssd_minimal`'s algorithm, in float32, without its (q x q) matrices per head, in the cache layout.
 
-    x (b,t,h,p), dt (b,t,h) after softplus, A (h) negative, B and C (b,t,g,n).
-    state: the SSM state before the first token, or None for zeros, in the cache layout (b,g,n,hg*p):
-    per group, the (p, n) state of each of its hg heads, transposed and side by side, so that
-    C . state is a plain matmul whose output is already in channel order.
+    x (b,t,h,p), dt (b,t,h) after softplus, A (h) negative, B and C (b,t,g,n); any length t.
+    state: the SSM state before the first token, or None for zeros, in the cache layout (b,g,n,hg*p).
     Returns y (b,t,h,p) without the D skip, and the state after the last token (b,g,n,hg*p).
 
-    Within a chunk the scan is a masked "attention" (C_l . B_s) exp(Acum_l - Acum_s); across chunks a
-    short recurrence carries the state. Padding with zeros to a multiple of the chunk length keeps the
-    result exact: a padded step has dt = 0, so no decay (dt*A = 0) and no input (x*dt = 0).
+    Differences from the minimal listing, all for speed: C.B scores per group (shared by its heads) and
+    masked once; results written into preallocated buffers; the numbered steps fused per group. Padding
+    with zeros to a multiple of the chunk length keeps the result exact: a padded step has dt = 0, so no
+    decay (dt*A = 0) and no input (x*dt = 0).
     """
     b, t, h, p = x.shape
     g, n = B.shape[-2:]
@@ -210,7 +270,8 @@ def ssd_scan(
     x_dt = torch.empty(b, c, h, q, p, **new)
     torch.mul(x.view(b, c, q, h, p).transpose(2, 3), dt.transpose(2, 3).unsqueeze(-1), out=x_dt)
     scores = C_c @ B_c.transpose(-1, -2)  # (b,c,g,q,q), shared by the heads of a group
-    scores.masked_fill_(_strictly_upper(q, x.device), 0.0)  # causal: masked once per group, not per head
+    # Causal: masked once per group, not per head.
+    scores.masked_fill_(torch.ones(q, q, dtype=torch.bool, device=x.device).triu(1), 0.0)
     A_cum_h = A_cum.transpose(2, 3).contiguous()  # (b,c,h,q); contiguous, so `weights` is too
     weights = A_cum_h.unsqueeze(-1) - A_cum_h.unsqueeze(-2)  # (b,c,h,q,q)
     # Clamp at 0 too: above the diagonal (masked anyway) the difference is positive and exp could overflow.
@@ -247,25 +308,28 @@ def ssd_scan(
     return y.view(b, c * q, h, p)[:, :t], state
 
 
-def causal_conv(x: Tensor, history: Tensor | None, taps: Tensor, offset: Tensor) -> Tensor:
-    """Depthwise causal conv in (b, t, channel) layout as k shifted multiply-adds: no transposes, no padding.
+# ------------------------------------------------------------------------------ mixer and block
 
-    out[s] = offset + sum_j taps[j] * input[s - (k-1) + j]; inputs before x[0] are history (b, k-1, channel)
-    when given (continuing from a cache), zeros otherwise.
+
+def causal_conv(x: Tensor, conv_state: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
+    """Depthwise causal conv over time in (b, t, channel) layout, continuing from `conv_state`.
+
+    conv_state (b, k, channel) holds the last k inputs before x (zeros before a sequence starts) and is
+    updated in place to the last k inputs including x. taps (k, channel), bias (channel) or None.
+    out[s] = bias + sum_j taps[j] * xs[s + j], where xs = conv_state[1:] ++ x: k shifted multiply-adds,
+    with no transposes.
     """
     k, t = taps.shape[0], x.shape[1]
-    out = torch.addcmul(offset, x, taps[k - 1])
-    for lag in range(1, min(k, t)):
-        out[:, lag:].addcmul_(x[:, : t - lag], taps[k - 1 - lag])
-    if history is not None:
-        for lag in range(1, k):
-            for s in range(min(lag, t)):  # the first outputs reach back before x[0]
-                out[:, s].addcmul_(history[:, k - 1 + s - lag], taps[k - 1 - lag])
+    xs = torch.cat([conv_state[:, 1:], x], dim=1)  # (b, k-1+t, channel)
+    conv_state.copy_(xs[:, -k:])
+    out = xs[:, :t] * taps[0] if bias is None else torch.addcmul(bias, xs[:, :t], taps[0])
+    for j in range(1, k):
+        out.addcmul_(xs[:, j : j + t], taps[j])
     return out
 
 
 class Mamba2Mixer(nn.Module):
-    """in_proj -> causal conv -> SSD scan -> gated RMSNorm -> out_proj."""
+    """in_proj -> causal conv -> SSD scan (prefill) or recurrence (decode) -> gated RMSNorm -> out_proj."""
 
     def __init__(self, cfg: Mamba2Config) -> None:
         super().__init__()
@@ -281,103 +345,84 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.ones(h))
         self.norm = GatedRMSNorm(cfg.d_inner, cfg.n_groups, cfg.norm_eps)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.proj_bias)
-        # Derived from the parameters once (see refresh_derived), not at every decode step.
-        self.register_buffer("A", torch.zeros(h), persistent=False)
-        self.register_buffer("D_channels", torch.zeros(cfg.d_inner), persistent=False)
-        self.register_buffer("conv_taps", torch.zeros(cfg.d_conv, cfg.conv_dim), persistent=False)
-        self.register_buffer("conv_offset", torch.zeros(cfg.conv_dim), persistent=False)
-
-    @torch.no_grad()
-    def refresh_derived(self) -> None:
-        """Recompute the float32 A, per-channel D and (tap, channel) conv weights from the parameters."""
-        cfg = self.cfg
-        self.A = -torch.exp(self.A_log.float())
-        self.D_channels = self.D.float().repeat_interleave(cfg.headdim)
-        self.conv_taps = self.conv1d.weight.squeeze(1).t().contiguous()
-        bias = self.conv1d.bias
-        self.conv_offset = torch.zeros_like(self.conv_taps[0]) if bias is None else bias.detach().clone()
 
     def _chunk_size(self, device: torch.device) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
         return min(CPU_CHUNK_SIZE, self.cfg.chunk_size) if device.type == "cpu" else self.cfg.chunk_size
 
-    def _split_projection(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _derived(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A and D (h) in float32 and the conv taps (d_conv, conv_dim), derived at every call as mamba_ssm
+        does: a few thousand numbers, 1.6% of a decode step (d_model 256, batch 1, CPU), and no cached
+        copies to keep in sync."""
+        return -torch.exp(self.A_log.float()), self.D.float(), self.conv1d.weight[:, 0].t().contiguous()
+
+    def _inputs(self, u: Tensor, conv_state: Tensor, taps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """in_proj, causal conv and activations: u (b, t, d_model) -> z in the model dtype, and x, B, C and
+        dt in float32, each (b, t, channels); updates the conv state."""
         cfg = self.cfg
-        return self.in_proj(u).split([cfg.d_inner, cfg.conv_dim, cfg.n_heads], dim=-1)
-
-    def _dt(self, dt: Tensor) -> Tensor:
+        gn = cfg.n_groups * cfg.d_state
+        z, xBC, dt = self.in_proj(u).split([cfg.d_inner, cfg.conv_dim, cfg.n_heads], dim=-1)
+        # Column slices of the projection; elementwise ops over strided rows run ~2x slower than a copy costs.
+        xBC = F.silu(causal_conv(xBC.contiguous(), conv_state, taps, self.conv1d.bias), inplace=True)
+        x, B, C = xBC.float().split([cfg.d_inner, gn, gn], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias.float())
-        if self.cfg.dt_min > 0.0 or self.cfg.dt_max < math.inf:
-            dt = dt.clamp(self.cfg.dt_min, self.cfg.dt_max)
-        return dt
+        if cfg.dt_min > 0.0 or cfg.dt_max < math.inf:
+            dt = dt.clamp(cfg.dt_min, cfg.dt_max)
+        return z.contiguous(), x, B, C, dt
 
-    def forward(self, u: Tensor, conv_state: Tensor | None = None, ssm_state: Tensor | None = None) -> Tensor:
-        """Process u (b,t,d_model). With states (from a cache), continue from them and update them in place.
-
-        conv_state (b, d_conv, conv_dim) holds the last d_conv pre-conv inputs; ssm_state (b, g, n, hg*p)
-        float32 is the layout `ssd_scan` documents.
-        """
+    def forward(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
+        """u (b, t, d_model) after the states of a cache; returns (b, t, d_model) and updates both states."""
         cfg = self.cfg
         b, t, _ = u.shape
-        z, xBC, dt = self._split_projection(u)
-        # Column slices of the projection; elementwise ops over strided rows run ~2x slower than a copy costs.
-        z, xBC = z.contiguous(), xBC.contiguous()
-
-        history = None if conv_state is None else conv_state[:, 1:]
-        conv = causal_conv(xBC, history, self.conv_taps, self.conv_offset)
-        if conv_state is not None:
-            conv_state.copy_(torch.cat([conv_state, xBC[:, -cfg.d_conv :]], dim=1)[:, -cfg.d_conv :])
-        xBC = F.silu(conv, inplace=True)
-
-        x, B, C = xBC.split([cfg.d_inner, cfg.n_groups * cfg.d_state, cfg.n_groups * cfg.d_state], dim=-1)
-        x = x.float()
+        A, D, taps = self._derived()
+        z, x, B, C, dt = self._inputs(u, conv_state, taps)
         y, final_state = ssd_scan(
             x.view(b, t, cfg.n_heads, cfg.headdim),
-            self._dt(dt),
-            self.A,
-            B.float().view(b, t, cfg.n_groups, cfg.d_state),
-            C.float().view(b, t, cfg.n_groups, cfg.d_state),
+            dt,
+            A,
+            B.reshape(b, t, cfg.n_groups, cfg.d_state),
+            C.reshape(b, t, cfg.n_groups, cfg.d_state),
             self._chunk_size(u.device),
             ssm_state,
         )
-        if ssm_state is not None:
-            ssm_state.copy_(final_state)
-        y = torch.addcmul(y.view(b, t, cfg.d_inner), x, self.D_channels)
-        return self.out_proj(self.norm(y, z))
+        ssm_state.copy_(final_state)
+        y = torch.addcmul(y, x.view(b, t, cfg.n_heads, cfg.headdim), D[:, None])  # skip: y += D x
+        return self.out_proj(self.norm(y.view(b, t, cfg.d_inner), z))
 
     def step(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
-        """One token per row: u (b, d_model) -> (b, d_model); updates both states in place."""
+        """One token per row, the recurrence: u (b, d_model) -> (b, d_model); updates both states in place.
+
+        state <- state * exp(dt A) + (dt x) outer B;  y = C . state + D x  (state in the cache layout).
+        """
         cfg = self.cfg
         b = u.shape[0]
         g, hg, p, n = cfg.n_groups, cfg.n_heads // cfg.n_groups, cfg.headdim, cfg.d_state
-        z, xBC, dt = self._split_projection(u)
-
-        window = torch.cat([conv_state[:, 1:], xBC.unsqueeze(1)], dim=1)
-        conv_state.copy_(window)
-        xBC = F.silu((window * self.conv_taps).sum(1).add_(self.conv_offset))
-        x, B, C = xBC.split([cfg.d_inner, g * n, g * n], dim=-1)
-
-        x = x.float()
-        dt = self._dt(dt)  # (b,h)
-        # state <- state * exp(dt A) + (dt x) outer B; B and C are shared by the heads of a group.
-        # state is (b, g, n, hg*p): heads of a group side by side, each (p, n) state transposed.
-        heads = ssm_state.view(b, g, n, hg, p)
-        heads.mul_((dt * self.A).exp_().view(b, g, 1, hg, 1))
-        dx = (x.view(b, cfg.n_heads, p) * dt.unsqueeze(-1)).view(b, g, 1, hg * p)
-        ssm_state.addcmul_(B.float().view(b, g, n, 1), dx)
-        y = C.float().view(b, g, 1, n) @ ssm_state  # (b, g, 1, hg*p): channel order
-        y = torch.addcmul(y.view(b, cfg.d_inner), x, self.D_channels)
-        return self.out_proj(self.norm(y, z))
+        A, D, taps = self._derived()
+        z, x, B, C, dt = self._inputs(u[:, None], conv_state, taps)
+        x, dt = x.view(b, cfg.n_heads, p), dt.view(b, cfg.n_heads, 1)
+        ssm_state.view(b, g, n, hg, p).mul_(torch.exp(dt * A[:, None]).view(b, g, 1, hg, 1))
+        ssm_state.addcmul_(B.view(b, g, n, 1), (x * dt).view(b, g, 1, hg * p))
+        y = C.view(b, g, 1, n) @ ssm_state  # (b, g, 1, hg*p): channel order
+        y = torch.addcmul(y.view(b, cfg.n_heads, p), x, D[:, None])
+        return self.out_proj(self.norm(y.view(b, 1, cfg.d_inner), z))[:, 0]
 
 
 class Mamba2Block(nn.Module):
-    """Pre-norm residual block: residual + mixer(norm(residual)); the residual stream stays float32."""
+    """Pre-norm residual block, no MLP: residual + mixer(norm(residual)); the residual stream stays float32."""
 
     def __init__(self, cfg: Mamba2Config) -> None:
         super().__init__()
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = Mamba2Mixer(cfg)
+
+    def forward(self, residual: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
+        """(b, t, d_model) after the layer's states; updates them."""
+        return residual + self.mixer(self.norm(residual), conv_state, ssm_state)
+
+    def step(self, residual: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
+        """(b, d_model), one token per row; updates the layer's states."""
+        return residual + self.mixer.step(self.norm(residual), conv_state, ssm_state)
 
 
 class Mamba2Backbone(nn.Module):
@@ -388,12 +433,15 @@ class Mamba2Backbone(nn.Module):
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
+# ------------------------------------------------------------------------------ cache and model
+
+
 @dataclass
 class Mamba2Cache:
     """Per-layer recurrent state of a batch: constant size, whatever the sequence length.
 
     conv[i] (b, d_conv, conv_dim), model dtype: the last d_conv pre-conv inputs (zeros before the start).
-    ssm[i] (b, g, n, hg*p) float32: per group, its heads' (p, n) states transposed side by side.
+    ssm[i] (b, g, n, hg*p) float32: the SSM state in the cache layout (see `state_to_heads`).
     """
 
     conv: list[Tensor]
@@ -402,6 +450,10 @@ class Mamba2Cache:
     @property
     def batch_size(self) -> int:
         return self.ssm[0].shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes held by the conv and SSM states."""
+        return sum(t.numel() * t.element_size() for t in self.conv + self.ssm)
 
     def select(self, index: Tensor) -> Mamba2Cache:
         """A new cache holding rows `index` (rows may repeat, e.g. to fork n samples from one prompt)."""
@@ -419,6 +471,15 @@ class Mamba2Cache:
             ssm=[torch.cat([c.ssm[i] for c in caches]) for i in layers],
         )
 
+    def head(self, n: int) -> Mamba2Cache:
+        """A view of the first n rows: decoding it updates this cache."""
+        return Mamba2Cache(conv=[s[:n] for s in self.conv], ssm=[s[:n] for s in self.ssm])
+
+    def assign(self, index: Tensor, source: Mamba2Cache) -> None:
+        """Rows `index` become copies of the rows of `source` (in order; a one-row source fills them all)."""
+        for dst, src in zip(self.conv + self.ssm, source.conv + source.ssm, strict=True):
+            dst[index] = src
+
 
 class Mamba2LM(nn.Module):
     """Mamba-2 language model; parameter names are those of transformers' Mamba2ForCausalLM."""
@@ -429,22 +490,8 @@ class Mamba2LM(nn.Module):
         # Longest piece of a prompt forward_cached runs at once: the scan's temporaries grow with it.
         self.prefill_segment = 4096
         self.backbone = Mamba2Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.backbone.embeddings.weight
-        self.refresh_derived()
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_derived())
-
-    def refresh_derived(self) -> None:
-        for block in self.backbone.layers:
-            block.mixer.refresh_derived()
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Mamba2LM:
-        # .to()/.cuda()/.half() convert buffers too; rebuild the derived ones from the converted parameters.
-        result = super()._apply(fn, recurse)
-        if self.lm_head.weight.device.type != "meta":
-            self.refresh_derived()
-        return result
+        # Tied checkpoints (mamba_ssm's default) store no lm_head: the head reads the embedding matrix.
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
     @property
     def chunk_size(self) -> int | None:
@@ -458,57 +505,62 @@ class Mamba2LM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.backbone.embeddings.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.backbone.embeddings.weight.device
 
-    def _residual_dtype(self) -> torch.dtype:
-        return torch.float32 if self.config.residual_in_fp32 else self.dtype
-
-    def _logits(self, residual: Tensor, last_only: bool) -> Tensor:
-        if last_only:
-            residual = residual[:, -1:]
-        return self.lm_head(self.backbone.norm_f(residual)).float()
-
-    def forward(self, input_ids: Tensor, last_only: bool = False) -> Tensor:
-        """Logits (b, t, vocab) float32 for a batch of equal-length sequences, from an empty state."""
-        return self.forward_cached(input_ids, self.new_cache(input_ids.shape[0]), last_only)
-
-    def new_cache(self, batch_size: int) -> Mamba2Cache:
+    def new_cache(self, batch_size: int, length: int = 0) -> Mamba2Cache:
+        """Zero states for `batch_size` rows; `length` (room for positions) is moot: the state is constant-size."""
         cfg = self.config
         shape_conv = (batch_size, cfg.d_conv, cfg.conv_dim)
         shape_ssm = (batch_size, cfg.n_groups, cfg.d_state, cfg.d_inner // cfg.n_groups)
         return Mamba2Cache(
             conv=[torch.zeros(shape_conv, dtype=self.dtype, device=self.device) for _ in range(cfg.n_layers)],
-            ssm=[
-                torch.zeros(shape_ssm, dtype=torch.float32, device=self.device) for _ in range(cfg.n_layers)
-            ],
+            ssm=[torch.zeros(shape_ssm, dtype=torch.float32, device=self.device) for _ in range(cfg.n_layers)],
         )
+
+    def _embed(self, input_ids: Tensor) -> Tensor:
+        residual = self.backbone.embeddings(input_ids)
+        return residual.float() if self.config.residual_in_fp32 else residual
+
+    def _logits(self, residual: Tensor) -> Tensor:
+        weight = self.backbone.embeddings.weight if self.lm_head is None else self.lm_head.weight
+        return vocab_logits(self.backbone.norm_f(residual), weight)
+
+    def forward(self, input_ids: Tensor, last_only: bool = False) -> Tensor:
+        """Logits (b, t, vocab) float32 for a batch of equal-length sequences, from an empty state."""
+        return self.forward_cached(input_ids, self.new_cache(input_ids.shape[0]), last_only)
 
     def forward_cached(self, input_ids: Tensor, cache: Mamba2Cache, last_only: bool = False) -> Tensor:
         """Consume input_ids (b, t) after what `cache` holds, updating it in place; logits (b, t|1, vocab)."""
-        segment = self.prefill_segment
-        if input_ids.shape[1] > segment:
+        t, segment = input_ids.shape[1], self.prefill_segment
+        if t == 1:
+            return self.decode_step(input_ids[:, 0], cache)[:, None]
+        if t > segment:
             # Long prompts go through in segments: same result (the cache carries the state), bounded memory.
             pieces = [
-                self.forward_cached(input_ids[:, i : i + segment], cache, last_only)
-                for i in range(0, input_ids.shape[1], segment)
+                self.forward_cached(input_ids[:, i : i + segment], cache, last_only) for i in range(0, t, segment)
             ]
             return pieces[-1] if last_only else torch.cat(pieces, dim=1)
-        layers = self.backbone.layers
-        residual = self.backbone.embeddings(input_ids).to(self._residual_dtype())
-        if input_ids.shape[1] == 1:
-            residual = residual[:, 0]
-            for block, conv, ssm in zip(layers, cache.conv, cache.ssm, strict=True):
-                residual = residual + block.mixer.step(block.norm(residual), conv, ssm)
-            residual = residual.unsqueeze(1)
-        else:
-            for block, conv, ssm in zip(layers, cache.conv, cache.ssm, strict=True):
-                residual = residual + block.mixer(block.norm(residual), conv, ssm)
-        return self._logits(residual, last_only)
+        residual = self._embed(input_ids)
+        for block, conv, ssm in zip(self.backbone.layers, cache.conv, cache.ssm, strict=True):
+            residual = block(residual, conv, ssm)
+        return self._logits(residual[:, -1:] if last_only else residual)
 
+    def decode_step(self, tokens: Tensor, cache: Mamba2Cache) -> Tensor:
+        """One token per row, tokens (b,) -> logits (b, vocab) float32; updates the cache in place.
+
+        Fixed shapes and no host synchronisation: the step can be captured in a CUDA graph.
+        """
+        residual = self._embed(tokens)
+        for block, conv, ssm in zip(self.backbone.layers, cache.conv, cache.ssm, strict=True):
+            residual = block.step(residual, conv, ssm)
+        return self._logits(residual)
+
+
+# ------------------------------------------------------------------------------ loading
 
 # Parameters the references keep in float32 whatever the checkpoint dtype.
 _FP32_PARAMETERS = ("mixer.A_log", "mixer.dt_bias", "mixer.D")
@@ -535,19 +587,12 @@ def load_mamba2(
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or stored_dtype(path)
 
-    with torch.device("meta"):
+    with torch.device("meta"):  # shapes only: the real tensors come straight from the file
         model = Mamba2LM(cfg)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    if cfg.tie_embeddings:
-        del expected["lm_head.weight"]
     rename = _native_to_hf_name if fmt == "native" else (lambda name: name)
     state = load_weights(
         path, expected, rename, dtype, device, keep_dtype=lambda name: name.endswith(_FP32_PARAMETERS)
     )
-    if cfg.tie_embeddings:
-        state["lm_head.weight"] = state["backbone.embeddings.weight"]
     model.load_state_dict(state, assign=True)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.backbone.embeddings.weight
-    model.refresh_derived()
     return model.eval().requires_grad_(False)

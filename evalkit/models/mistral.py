@@ -8,8 +8,9 @@ its own); no window means full causal attention.
 
 KV cache: a rolling buffer per layer. The key of position p lives in slot p mod W, with RoPE already
 applied at its absolute position, so the buffer never holds more than W positions whatever the
-context length. Every batch row keeps its own position, which lets caches of prompts prefilled
-separately (different lengths) be stacked into one batch. Without a window the buffer simply grows.
+context length (KVCache works an example). Every batch row keeps its own position, which lets caches of
+prompts prefilled separately (different lengths) be stacked into one batch. Without a window the buffer
+simply grows.
 
 Attention over a long chunk runs blockwise: each block of queries attends only the keys its window can
 reach, so the cost is linear in the length beyond W and each call stays on the fused SDPA kernels
@@ -30,6 +31,9 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from evalkit.models.checkpoint import CheckpointError, load_weights, read_config, stored_dtype
+from evalkit.models.logits import vocab_logits
 
 # Queries per attention block in prefill. A block of b queries reads b + W - 1 keys, of which each query
 # sees W: smaller blocks waste less (11% at 128 with W=1024), larger ones pay less per-call overhead.
@@ -164,28 +168,24 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 @dataclass
 class AttnBlock:
-    """One SDPA call: a slice of the chunk's queries, the chunk keys it sees, maybe the cache's keys."""
+    """One SDPA call: a slice of the call's queries, the new keys it reads, maybe the cache's keys first."""
 
     queries: slice
-    keys: slice
+    keys: slice  # of the chunk's new keys (empty when they are in the cache already)
     with_cache: bool
-    mask: Tensor | None  # additive (rows, 1, queries, keys); None: all visible, or causal if `causal`
-    causal: bool = False
+    mask: Tensor | None  # boolean (rows or 1, 1, queries, keys), True where visible; None: plain causal
 
 
 @dataclass
 class AttnPlan:
-    """How every layer attends for one forward call; built once, shared by all layers."""
+    """How every layer attends in one call; built once per call, shared by all layers."""
 
     blocks: list[AttnBlock]
-    cache_slots: int = 0  # buffer prefix the attention reads (the slots that can be filled)
+    cache_slots: int = 0  # buffer prefix the blocks with_cache read
     write_slots: Tensor | None = None  # (B, n): buffer slots receiving the chunk's last n keys
-    # The same slots as (offset in those n keys, first slot, count) runs, when every row uses the same
-    # slots: plain slice copies then replace the slower scattered write.
-    write_runs: list[tuple[int, int, int]] | None = None
-    write_first: bool = False  # single-token decode: store the key, then attend over the buffer
-    # Queries start at this chunk index: the last layer of a last_only prefill needs only the final
-    # position's output (every position's keys and values still go to the cache).
+    write_first: bool = False  # one token: its key is stored first and read from the buffer
+    # Queries start at this chunk index: the last layer of a last_only call needs only the final position's
+    # output (every position's keys and values still go to the cache).
     first_query: int = 0
 
 
@@ -210,7 +210,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos[:, :, fq:], sin[:, :, fq:]), apply_rope(k, cos, sin)
 
         if kv is not None and plan.write_first:
-            _store(kv, k, v, plan)
+            _store(kv, k, v, plan.write_slots)
         outs = []
         for blk in plan.blocks:
             keys, values = k[:, :, blk.keys], v[:, :, blk.keys]
@@ -218,28 +218,22 @@ class Attention(nn.Module):
                 ck, cv = kv[0][:, :, : plan.cache_slots], kv[1][:, :, : plan.cache_slots]
                 keys = torch.cat((ck, keys), dim=2) if keys.shape[2] else ck
                 values = torch.cat((cv, values), dim=2) if values.shape[2] else cv
-            qs = q[:, :, blk.queries]
             outs.append(
                 F.scaled_dot_product_attention(
-                    qs, keys, values, attn_mask=blk.mask, is_causal=blk.causal, enable_gqa=True
+                    q[:, :, blk.queries], keys, values, attn_mask=blk.mask, is_causal=blk.mask is None,
+                    enable_gqa=True,
                 )
             )
         if kv is not None and not plan.write_first:
             # After attending: in a chunk, later keys would overwrite slots earlier queries still see.
             n = plan.write_slots.shape[1]
-            _store(kv, k[:, :, T - n :], v[:, :, T - n :], plan)
+            _store(kv, k[:, :, T - n :], v[:, :, T - n :], plan.write_slots)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         return self.wo(out.transpose(1, 2).reshape(B, T - fq, -1))
 
 
-def _store(kv: tuple[Tensor, Tensor], k: Tensor, v: Tensor, plan: AttnPlan) -> None:
-    """Write (B, kv_heads, n, D) keys/values into the plan's buffer slots."""
-    if plan.write_runs is not None:
-        for src, dst, count in plan.write_runs:
-            kv[0][:, :, dst : dst + count] = k[:, :, src : src + count]
-            kv[1][:, :, dst : dst + count] = v[:, :, src : src + count]
-        return
-    slots = plan.write_slots  # rows at different positions: each row its own slots
+def _store(kv: tuple[Tensor, Tensor], k: Tensor, v: Tensor, slots: Tensor) -> None:
+    """Write keys/values (B, kv_heads, n, D) into buffer slots (B, n), each row its own slots."""
     rows = torch.arange(k.shape[0], device=slots.device)[:, None]
     kv[0][rows, :, slots] = k.transpose(1, 2)
     kv[1][rows, :, slots] = v.transpose(1, 2)
@@ -275,12 +269,25 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Rolling key/value buffers for every layer of one batch.
+    """Rolling key/value buffers for every layer of one batch, with each row's positions.
 
-    k[i], v[i]: (B, n_kv_heads, slots, head_dim); the key of position p sits in slot p mod W (slot p
-    without a window). slot_pos (B, slots) records which absolute position each slot holds (-1: empty)
-    and lengths (B,) how many tokens each row has consumed. Buffers grow on demand up to W slots.
-    Bookkeeping tensors stay on the CPU: they are tiny and the plan needs them on the host.
+    k[i], v[i] (B, n_kv_heads, slots, head_dim): keys (RoPE applied at their absolute position) and values.
+    slot_pos (B, slots): the position each slot holds, -1 if none; lengths (B,): tokens each row has
+    consumed. All live on the buffers' device, so a decode step never reads them on the host.
+
+    The key of position p sits in slot p mod `slots`, where `slots` is W or, before the buffer has
+    grown to W (and always without a window), more than any position it holds: so p mod slots is
+    p mod W, or simply p. Worked example, W = 4, two rows prefilled separately and stacked:
+
+        row 0: prompt of 6 tokens, positions 0-5. The chunk is longer than W: only its last W keys
+               are stored, positions 2 3 4 5 -> slots 2 3 0 1        slot_pos [4 5 2 3]
+               decode position 6 -> slot 2 (position 2 left the window: 6 sees 3-6)
+                                                                    slot_pos [4 5 6 3]
+        row 1: prompt of 2 tokens -> slots 0 1                      slot_pos [0 1 -1 -1]
+               decode position 2 -> slot 2                          slot_pos [0 1 2 -1]
+
+    Each query reads the whole buffer with a mask from slot_pos (empty and out-of-window slots hidden),
+    so rows at different positions decode together.
     """
 
     def __init__(
@@ -297,8 +304,8 @@ class KVCache:
         shape = (batch_size, n_kv_heads, 0, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.slot_pos = torch.full((batch_size, 0), -1, dtype=torch.long)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long)
+        self.slot_pos = torch.full((batch_size, 0), -1, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
 
     @property
     def batch_size(self) -> int:
@@ -312,15 +319,16 @@ class KVCache:
         """Bytes held by the key/value buffers."""
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
-    def reserve(self, n_slots: int) -> None:
-        """Make room for n_slots slots (never more than the window), growing in coarse steps."""
+    def reserve(self, n_positions: int) -> None:
+        """Make room for positions 0 .. n_positions-1 (a window needs no more than W slots), growing in
+        coarse steps. Moves every slot it grows: call it before decoding, not between captured steps."""
         if self.window is not None:
-            n_slots = min(n_slots, self.window)
-        if n_slots <= self.slots:
+            n_positions = min(n_positions, self.window)
+        if n_positions <= self.slots:
             return
         # Grow by an eighth at least: a decode step reads every slot anyway, so copying the buffer once
         # per slots/8 steps adds under 1/8 to that traffic, and the unused tail stays small.
-        new = max(n_slots, self.slots + self.slots // 8)
+        new = max(n_positions, self.slots + self.slots // 8)
         new = -(-new // CACHE_GROWTH) * CACHE_GROWTH
         if self.window is not None:
             new = min(new, self.window)
@@ -331,11 +339,10 @@ class KVCache:
 
     def select(self, index: Sequence[int] | Tensor) -> KVCache:
         """A new cache holding rows `index`, in that order (rows may repeat, e.g. to fork samples)."""
-        index = torch.as_tensor(index, dtype=torch.long).cpu()
-        dev_index = index.to(self.k[0].device) if self.k else index
+        index = torch.as_tensor(index, dtype=torch.long, device=self.lengths.device)
         out = copy.copy(self)
-        out.k = [t.index_select(0, dev_index) for t in self.k]
-        out.v = [t.index_select(0, dev_index) for t in self.v]
+        out.k = [t.index_select(0, index) for t in self.k]
+        out.v = [t.index_select(0, index) for t in self.v]
         out.slot_pos = self.slot_pos.index_select(0, index)
         out.lengths = self.lengths.index_select(0, index)
         return out
@@ -358,6 +365,25 @@ class KVCache:
         out.lengths = torch.cat([c.lengths for c in caches])
         return out
 
+    def head(self, n: int) -> KVCache:
+        """A view of the first n rows: decoding it updates this cache."""
+        out = copy.copy(self)
+        out.k, out.v = [t[:n] for t in self.k], [t[:n] for t in self.v]
+        out.slot_pos, out.lengths = self.slot_pos[:n], self.lengths[:n]
+        return out
+
+    def assign(self, index: Tensor, source: KVCache) -> None:
+        """Rows `index` become copies of the rows of `source` (in order; a one-row source fills them all).
+
+        source may have fewer slots (a prompt prefilled alone): the rest of those rows is marked empty.
+        """
+        if source.slots > self.slots:
+            raise ValueError(f"a cache of {source.slots} slots does not fit in one of {self.slots}")
+        for dst, src in zip(self.k + self.v, source.k + source.v, strict=True):
+            dst[index, :, : source.slots] = src
+        self.slot_pos[index] = F.pad(source.slot_pos, (0, self.slots - source.slots), value=-1)
+        self.lengths[index] = source.lengths
+
 
 def _pad_slots(t: Tensor, extra: int) -> Tensor:
     return t if extra == 0 else F.pad(t, (0, 0, 0, extra))
@@ -367,22 +393,17 @@ def _pad_slots(t: Tensor, extra: int) -> Tensor:
 
 
 def _visible(q_pos: Tensor, k_pos: Tensor, window: int | None) -> Tensor:
-    """Boolean (rows, 1, Tq, Tk): key k_pos (-1 = empty slot) is visible to query q_pos."""
+    """Boolean mask (rows, 1, Tq, Tk): key position k_pos (-1: empty slot) is visible to query q_pos."""
     q, k = q_pos[:, None, :, None], k_pos[:, None, None, :]
-    vis = (k >= 0) & (k <= q)
+    visible = (k >= 0) & (k <= q)
     if window is not None:
-        vis &= k > q - window
-    return vis
-
-
-def _additive(visible: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
-    # A float mask runs faster than a boolean one in the CPU SDPA kernels.
-    mask = torch.zeros(visible.shape, dtype=dtype)
-    return mask.masked_fill_(~visible, float("-inf")).to(device)
+        visible &= k > q - window
+    return visible
 
 
 class Mistral(nn.Module):
-    """The decoder. `model(ids)` for a full forward, `forward_cached(ids, cache)` to continue a cache."""
+    """The decoder. `model(ids)` for a full forward, `forward_cached(ids, cache)` to continue a cache,
+    `decode_step(tokens, cache)` for one token per row in fixed shapes (what generation runs)."""
 
     def __init__(self, cfg: MistralConfig) -> None:
         super().__init__()
@@ -400,70 +421,82 @@ class Mistral(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.tok_embeddings.weight.dtype
 
-    def new_cache(self, batch_size: int) -> KVCache:
+    def new_cache(self, batch_size: int, length: int = 0) -> KVCache:
+        """An empty cache for `batch_size` rows, with room for `length` positions per row up front."""
         c = self.config
         shape = (c.n_layers, batch_size, c.n_kv_heads, c.head_dim)
-        return KVCache(*shape, window=c.sliding_window, dtype=self.dtype, device=self.device)
+        cache = KVCache(*shape, window=c.sliding_window, dtype=self.dtype, device=self.device)
+        cache.reserve(length)
+        return cache
 
     def forward(self, input_ids: Tensor, last_only: bool = False) -> Tensor:
         """Float32 logits (B, T, V) (T=1 if last_only) for sequences from position 0, no cache."""
-        positions = torch.arange(input_ids.shape[1])[None]  # rows identical: masks broadcast
-        plan = AttnPlan(blocks=self._blocks(positions, None))
-        last = self._last_query_plan(plan, positions, None) if last_only else plan
-        return self._run(input_ids, positions, plan, last, None)
+        positions = torch.arange(input_ids.shape[1], device=self.device)[None]  # rows identical: masks broadcast
+        plan = AttnPlan(self._blocks(positions, None))
+        return self._run(input_ids, positions, plan, self._last_query(plan, positions, None, last_only), None)
 
     def forward_cached(self, input_ids: Tensor, cache: KVCache, last_only: bool = False) -> Tensor:
-        """Float32 logits (B, T|1, V) for T new tokens per row after what `cache` holds; updates it."""
+        """Float32 logits (B, T|1, V) for T new tokens per row after what `cache` holds; updates it.
+
+        The plan follows each row's position, read once from the cache. The chunk's last min(T, W) keys go
+        to the buffer (earlier ones would be overwritten by later ones anyway), after the chunk attended.
+        """
         B, T = input_ids.shape
         if B != cache.batch_size:
             raise ValueError(f"batch of {B} rows for a cache of {cache.batch_size}")
+        lengths = cache.lengths.cpu()
+        cache.reserve(int(lengths.max()) + T)
+        if T == 1:
+            return self.decode_step(input_ids[:, 0], cache)[:, None]
         W = self.config.sliding_window
-        positions = cache.lengths[:, None] + torch.arange(T)
-        end = int(positions.max()) + 1
-        cache.reserve(end)
-        # The chunk's last min(T, W) keys go to the buffer (earlier ones would be overwritten anyway).
+        positions = (lengths[:, None] + torch.arange(T)).to(self.device)
         n = T if W is None else min(T, W)
         written = positions[:, T - n :]
-        slots = written if W is None else written % W
-
-        cache_pos = None
-        if T == 1:
-            cache.slot_pos[torch.arange(B)[:, None], slots] = written
-            plan = AttnPlan(blocks=[], cache_slots=min(cache.slots, end), write_first=True)
-            visible = _visible(positions, cache.slot_pos[:, : plan.cache_slots], W)
-            mask = None if bool(visible.all()) else _additive(visible, self.dtype, self.device)
-            plan.blocks.append(AttnBlock(slice(0, 1), slice(0, 0), with_cache=True, mask=mask))
-        else:
-            held = int(cache.lengths.max())
-            plan = AttnPlan(blocks=[], cache_slots=min(cache.slots, held))
-            cache_pos = cache.slot_pos[:, : plan.cache_slots] if held else None
-            plan.blocks = self._blocks(positions, cache_pos)
-        plan.write_slots = slots.to(self.device)
-        if bool((cache.lengths == cache.lengths[0]).all()):
-            # Consecutive positions: one run of slots, or two where the rolling buffer wraps around.
-            first = int(slots[0, 0])
-            wrap = n if W is None else min(n, W - first)
-            plan.write_runs = [(0, first, wrap)] + ([(wrap, 0, n - wrap)] if wrap < n else [])
-
-        last = self._last_query_plan(plan, positions, cache_pos) if last_only and T > 1 else plan
-        logits = self._run(input_ids, positions, plan, last, cache)
-        if T > 1:
-            cache.slot_pos[torch.arange(B)[:, None], slots] = written
-        cache.lengths = cache.lengths + T
+        held = int(lengths.max())
+        plan = AttnPlan([], cache_slots=min(cache.slots, held), write_slots=written % cache.slots)
+        cache_pos = cache.slot_pos[:, : plan.cache_slots] if held else None
+        plan.blocks = self._blocks(positions, cache_pos)
+        logits = self._run(input_ids, positions, plan, self._last_query(plan, positions, cache_pos, last_only), cache)
+        cache.slot_pos.scatter_(1, plan.write_slots, written)
+        cache.lengths += T
         return logits
 
-    def _last_query_plan(self, plan: AttnPlan, positions: Tensor, cache_pos: Tensor | None) -> AttnPlan:
-        """The plan for the last layer when only the last position's logits are wanted."""
+    def decode_step(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """One token per row, tokens (B,) -> float32 logits (B, V), each row at its own position; updates
+        the cache, which must have room (new_cache(B, length) or reserve).
+
+        Fixed shapes and no host reads (the plan comes from the cache's device tensors): the step can be
+        captured in a CUDA graph. Every query reads the whole buffer, masked.
+        """
+        positions = cache.lengths[:, None]  # (B, 1)
+        slots = positions % cache.slots  # see KVCache: slot p mod W, or p
+        cache.slot_pos.scatter_(1, slots, positions)
+        plan = AttnPlan(self._blocks(positions, cache.slot_pos), cache.slots, write_slots=slots, write_first=True)
+        logits = self._run(tokens[:, None], positions, plan, plan, cache)[:, 0]
+        cache.lengths += 1
+        return logits
+
+    def _last_query(self, plan: AttnPlan, positions: Tensor, cache_pos: Tensor | None, last_only: bool) -> AttnPlan:
+        """The last layer's plan: when only the last position's logits are wanted, its other queries go."""
         T = positions.shape[1]
+        if not last_only or T == 1:
+            return plan
         return replace(plan, blocks=self._blocks(positions, cache_pos, first_query=T - 1), first_query=T - 1)
 
     def _blocks(self, positions: Tensor, cache_pos: Tensor | None, first_query: int = 0) -> list[AttnBlock]:
-        """Query blocks for a chunk at `positions` (rows, T), following a cache at `cache_pos` or none;
-        queries from chunk index `first_query` on."""
+        """Query blocks for a chunk at `positions` (rows, T), after a cache whose slots hold `cache_pos`
+        (rows, slots) or no cache; queries from chunk index `first_query` on.
+
+        A single token (decode) has its key stored first (cache_pos includes it): it reads the buffer
+        alone. A longer chunk runs in blocks of QUERY_BLOCK queries, each reading only the keys its
+        window reaches: cost linear in T beyond W, and no T x T mask.
+        """
         W = self.config.sliding_window
         T = positions.shape[1]
+        if T == 1 and cache_pos is not None:
+            return [AttnBlock(slice(0, 1), slice(0, 0), True, _visible(positions, cache_pos, W))]
         size = T if W is None else min(W, QUERY_BLOCK)
-        blocks, masks = [], {}
+        blocks = []
         for start in range(first_query, T, size):
             stop = min(start + size, T)
             queries = slice(start - first_query, stop - first_query)
@@ -472,32 +505,29 @@ class Mistral(nn.Module):
             with_cache = cache_pos is not None and (W is None or start < W - 1)
             if not with_cache and first_key == start:
                 # Keys are exactly these queries' positions, all within one window: plain causal.
-                blocks.append(AttnBlock(queries, slice(start, stop), False, None, causal=True))
+                blocks.append(AttnBlock(queries, slice(start, stop), False, None))
                 continue
             if with_cache:
                 k_pos = torch.cat((cache_pos, positions[:, first_key:stop]), dim=1)
-                mask = _additive(_visible(positions[:, start:stop], k_pos, W), self.dtype, self.device)
+                mask = _visible(positions[:, start:stop], k_pos, W)
             else:
-                # Within the chunk only offsets matter: one mask serves every row and every full block.
-                shape = (start - first_key, stop - first_key)
-                if shape not in masks:
-                    rel = torch.arange(shape[1])[None]
-                    masks[shape] = _additive(_visible(rel[:, shape[0] :], rel, W), self.dtype, self.device)
-                mask = masks[shape]
+                # Within the chunk only offsets matter: one mask row serves every batch row.
+                offsets = torch.arange(stop - first_key, device=positions.device)[None]
+                mask = _visible(offsets[:, start - first_key :], offsets, W)
             blocks.append(AttnBlock(queries, slice(first_key, stop), with_cache, mask))
         return blocks
 
     def _run(
         self, input_ids: Tensor, positions: Tensor, plan: AttnPlan, last: AttnPlan, cache: KVCache | None
     ) -> Tensor:
-        """Embed, run the layers (the last one with `last`), project to the vocabulary."""
+        """Embed, run the layers (the last one with `last`), project the last layer's outputs to the vocabulary."""
         cfg = self.config
-        rope = rope_cos_sin(positions.to(self.device), cfg.head_dim, cfg.rope_theta)
-        x = self.tok_embeddings(input_ids.to(self.device))
+        rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+        x = self.tok_embeddings(input_ids)
         for i, layer in enumerate(self.layers):
             layer_plan = last if i == len(self.layers) - 1 else plan
             x = layer(x, rope, layer_plan, None if cache is None else (cache.k[i], cache.v[i]))
-        return self.output(self.norm(x)).float()
+        return vocab_logits(self.norm(x), self.output.weight)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -551,8 +581,6 @@ def load_mistral(
 
     dtype defaults to the dtype the weights are stored in; device to CUDA when present, else CPU.
     """
-    from evalkit.models.checkpoint import CheckpointError, load_weights, read_config, stored_dtype
-
     fmt, raw = read_config(path)
     source = os.path.join(os.fspath(path), "config.json" if fmt == "hf" else "params.json")
     try:

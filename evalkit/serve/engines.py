@@ -228,8 +228,8 @@ class NativeEngine(Engine):
         job = GenerationJob(prompt_ids=prompt_ids, max_new_tokens=sampling.max_tokens, seeds=sampling.seeds(),
                             stop=sampling.stop)
         done = await asyncio.wrap_future(self.worker.submit_generation(job, sampling.temperature, sampling.top_p))
-        return [Generated(truncate_at_stop(c.text, sampling.stop), "length" if c.finish == "length" else "stop",
-                          len(c.ids), list(c.ids)) for c in done]
+        return [Generated(truncate_at_stop(c.text, sampling.stop), c.finish_reason, c.n_tokens,
+                          list(c.ids)) for c in done]
 
     async def logprobs(self, sequences: list[list[int]], prompt_lens: list[int], top: int) -> list[TokenLogprobs]:
         return await asyncio.wrap_future(self.worker.submit(lambda: self._score(sequences, top)))
