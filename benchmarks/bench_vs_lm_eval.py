@@ -412,6 +412,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     env = environment(work)
     items = select_items(DataConfig.from_options(data_dir), sizes)
+    for stale in ("mirror", "lm_eval_tasks"):  # a reused work dir: items and limits may differ this time
+        shutil.rmtree(work / stale, ignore_errors=True)
     mirror = write_mirror(work / "mirror", items)
     data_files = write_lm_eval_tasks(work / "lm_eval_tasks", items, args.max_tokens)
     prepare_datasets(data_files, env)
