@@ -19,6 +19,11 @@
   `repeats: K` are samples 0..K-1 of one GenerationRequest, each drawn with its own
   `sample_seed(seed, "<task>/<doc_id>", k)`, so repeats differ and a rerun draws the same samples.
 
+With `--apply_chat_template`, `apply_chat_template` renders the conversation with the backend's own chat format
+(evalkit/chat.py: mistral-common for native models, the checkpoint's template for `hf:`) and remembers it: a
+generation from that context is sent as a chat request (the backend renders it to the same ids), and on native
+models a log-likelihood is scored on the ids of the conversation with the continuation as the assistant's answer.
+
 Prompts are never truncated: lm-eval's own models cut contexts longer than max_length from the left with
 only a warning. lm-eval is an optional extra (`evalkit[lm-eval]`); only this module imports it.
 """
@@ -37,7 +42,7 @@ from tqdm import tqdm
 from evalkit.backends import Backend, backend_class, resolve_backend
 from evalkit.backends.native import NativeBackend, encode_pair
 from evalkit.errors import EvalkitError
-from evalkit.requests import Failure, GenerationRequest, LoglikelihoodRequest, SamplingParams
+from evalkit.requests import ChatMessage, Failure, GenerationRequest, LoglikelihoodRequest, SamplingParams
 from evalkit.sanitize import truncate_at_stop
 
 
@@ -200,6 +205,8 @@ class EvalkitLM(LM):
                 if name in takes and value is not None and not str(value).lower().startswith("auto"):
                     backend_options[name] = _positive_int(name, value) if name == "batch_size" else str(value)
             self.backend = resolve_backend(self.spec, **backend_options)
+        # apply_chat_template's renderings -> the conversation and response prefix they stand for
+        self.chats: dict[str, tuple[tuple[ChatMessage, ...], str]] = {}
 
     # --- log-likelihood -------------------------------------------------------------------------------------
 
@@ -217,8 +224,17 @@ class EvalkitLM(LM):
         return results
 
     def _native_encode(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Token ids as lm-eval's TemplateLM splits them; an empty context is bos alone (its prefix token)."""
+        """Token ids as lm-eval's TemplateLM splits them; an empty context is bos alone (its prefix token). A
+        context that apply_chat_template rendered is the conversation's ids, and the continuation is what rendering
+        it as (the rest of) the assistant's answer adds: the split of encode_pair, in the chat format."""
         tokenizer = self.backend.tokenizer
+        if context in self.chats:
+            messages, prefix = self.chats[context]
+            chat_format = self.backend.chat_format()
+            head = list(chat_format.render(messages, prefix).ids)
+            whole = list(chat_format.render(messages, prefix + continuation).ids)
+            shared = next((k for k, (a, b) in enumerate(zip(head, whole, strict=False)) if a != b), len(head))
+            return whole[:shared], whole[shared:]
         if context == "":
             return [tokenizer.bos_id], tokenizer.encode(continuation, bos=False)
         return encode_pair(tokenizer, context, continuation)
@@ -241,6 +257,9 @@ class EvalkitLM(LM):
         contexts: dict[str, tuple[str, list[str]]] = {}  # context -> (task id, distinct continuations)
         for req in requests:
             context, continuation = req.args
+            if context in self.chats:
+                raise LmEvalError(f"log-likelihoods of chat prompts need token-level scores, which the "
+                                  f"{self.backend.name} backend does not give; use a native model")
             task_id, continuations = contexts.setdefault(context, (_task_id(req), []))
             if continuation not in continuations:
                 continuations.append(continuation)
@@ -306,7 +325,9 @@ class EvalkitLM(LM):
         for key, where in prompts.items():
             task_id, context, _ = key
             until, max_gen_toks, temperature, top_p = settings[key]
+            messages, prefix = self.chats.get(context, ((), ""))
             request = GenerationRequest(task_id, context, stop=tuple(until), max_tokens=max_gen_toks,
+                                        messages=messages, response_prefix=prefix,
                                         sample_indices=tuple(range(len(where))))
             groups[(temperature, top_p)].append((request, where))
         results: list[str | None] = [None] * len(requests)
@@ -336,8 +357,23 @@ class EvalkitLM(LM):
         return f"evalkit:{self.spec}"
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        raise LmEvalError("--apply_chat_template is not supported by the evalkit model yet: its prompts are rendered "
-                          "as plain text, without a chat format")
+        """The conversation rendered by the backend's chat format (its text); remembered, so that requests with
+        this context go to the backend as the conversation itself. Without `add_generation_prompt` a final
+        assistant turn is the start of the answer (lm-eval's gen_prefix)."""
+        try:
+            turns = tuple(ChatMessage(str(turn["role"]), str(turn["content"])) for turn in chat_history)
+        except (KeyError, TypeError) as e:
+            raise LmEvalError(f"a chat history is a list of {{'role', 'content'}} turns, got {chat_history!r}") from e
+        prefix = ""
+        if not add_generation_prompt and turns and turns[-1].role == "assistant":
+            turns, prefix = turns[:-1], turns[-1].content
+        chat_format = self.backend.chat_format()
+        if chat_format is None:  # a server renders: this text only names the conversation for lm-eval's records
+            text = "".join(f"<{m.role}>\n{m.content}\n" for m in turns) + f"<assistant>\n{prefix}"
+        else:
+            text = chat_format.render(turns, prefix).text
+        self.chats[text] = (turns, prefix)
+        return text
 
     # --- records --------------------------------------------------------------------------------------------
 

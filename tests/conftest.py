@@ -23,6 +23,18 @@ def data_dir() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is fastest, and on a busy shared CPU extra threads only wait on each other.
+    Modules of model tests use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def sandbox():
     """A Docker sandbox pool shared by the session. Skips only outside CI when no engine or image exists."""

@@ -22,13 +22,7 @@ VOCAB = 256
 WINDOW = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and on a busy shared CPU extra threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def peaked(model: torch.nn.Module, head: torch.Tensor) -> torch.nn.Module:

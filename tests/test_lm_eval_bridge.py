@@ -274,12 +274,40 @@ def test_generation_settings_reach_the_backend():
     lm.generate_until([Instance("generate_until", {}, ("x", {"top_k": 0, "num_beams": 1}), 0)])  # no-op values
 
 
-def test_chat_templates_are_refused_with_a_clear_error(task_manager):
+def test_chat_templates_render_with_the_backends_chat_format(bridge, task_manager):
+    """--apply_chat_template: contexts are mistral-common's rendering of the conversation; a generation is the
+    backend's own chat generation; a choice's log-likelihood is scored on the ids of the conversation with the
+    choice as the assistant's answer."""
+    from evalkit.lm_eval import score_tokens
+    from evalkit.requests import ChatMessage
+    from evalkit.sanitize import truncate_at_stop
+
+    ours = lm_eval.simple_evaluate(model=bridge, tasks=["evalkit_gen", "evalkit_mc"], task_manager=task_manager,
+                                   apply_chat_template=True, log_samples=True, limit=2)
+    chat_format = bridge.backend.chat_format()
+    for sample in ours["samples"]["evalkit_gen"]:
+        (context, gen_kwargs), = sample["arguments"]
+        user = ChatMessage("user", f"Q: {sample['doc']['question']}\nA:")
+        assert bridge.chats[context] == ((user,), "")
+        assert context == chat_format.render([user]).text and context.startswith("<s>[INST]")
+        request = GenerationRequest("x", context, stop=tuple(gen_kwargs["until"]), max_tokens=12, messages=(user,))
+        [[expected]] = bridge.backend.generate([request], SamplingParams())
+        assert sample["resps"][0][0] == truncate_at_stop(expected.text, request.stop)
+    for sample in ours["samples"]["evalkit_mc"]:
+        for (context, choice), [[logp, _]] in zip(sample["arguments"], sample["resps"], strict=True):
+            messages, prefix = bridge.chats[context]
+            head = chat_format.render(messages, prefix).ids
+            whole = chat_format.render(messages, prefix + choice).ids
+            assert whole[: len(head)] == head  # the answer's tokens follow the conversation's
+            [(expected, _)] = score_tokens(bridge.backend.model, head, [whole[len(head):]])
+            assert logp == pytest.approx(expected, abs=ATOL)
+
+
+def test_chat_log_likelihoods_need_a_native_model(task_manager):
     backend = Recorder()
-    with pytest.raises(LmEvalError, match="--apply_chat_template is not supported"):
-        lm_eval.simple_evaluate(model=EvalkitLM(model=backend), tasks=["evalkit_gen"], task_manager=task_manager,
+    with pytest.raises(LmEvalError, match="log-likelihoods of chat prompts need token-level scores"):
+        lm_eval.simple_evaluate(model=EvalkitLM(model=backend), tasks=["evalkit_mc"], task_manager=task_manager,
                                 apply_chat_template=True, limit=1)
-    assert backend.calls == []  # refused before any prompt reached the model
 
 
 def test_mmlu_through_the_bridge_equals_evalkit_scoring(bridge, data_dir, tmp_path):

@@ -30,13 +30,7 @@ BF16_MAX_TOL = 0.25
 BF16_MIN_ARGMAX_AGREEMENT = 0.9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and on a busy shared CPU extra threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ours_from(hf) -> Mamba2LM:

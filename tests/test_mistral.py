@@ -123,14 +123,7 @@ def write_native(hf_model, path: Path, *, with_theta: bool = True, with_window: 
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy machine every parallel region waits for
-    a descheduled thread: one thread is an order of magnitude faster here. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from evalkit.requests import GenerationRequest, LoglikelihoodRequest, SamplingPa
 PROMPTS = ["def fib(n):", "import numpy as np\n\ndef mean(xs):\n    return", "SELECT name FROM"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and on a busy shared CPU extra threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from fault_proxy import FaultProxy
 from mamba2_checkpoints import oracle, save_hf
 
@@ -28,12 +27,7 @@ from evalkit.tasks import get_task
 FAST = {"backoff_s": (0.001, 0.004)}  # retries in tests wait milliseconds, not seconds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
 from mamba2_checkpoints import oracle, save_hf
 
 from evalkit.backends.native import NativeBackend
@@ -29,12 +28,7 @@ from evalkit.tasks import get_task
 PROMPTS = ["def fib(n):", "import numpy as np\n\ndef mean(xs):\n    return", "SELECT name FROM"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

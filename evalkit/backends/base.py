@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
+from evalkit.chat import ChatFormat
 from evalkit.errors import BackendError
 from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores
 
@@ -60,6 +61,11 @@ class Backend(ABC):
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
         raise BackendError(f"backend {self.name!r} does not support log-likelihood scoring")
+
+    def chat_format(self) -> ChatFormat | None:
+        """How this backend renders chat requests itself (token ids fed to its model), or None where a server
+        renders them (or the backend has no model at all)."""
+        return None
 
     def describe(self) -> dict:
         """Settings of this backend that can move a score; recorded in results.json."""

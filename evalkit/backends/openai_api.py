@@ -199,7 +199,7 @@ class OpenAIBackend(Backend):
         self.max_retries = max_retries
         self.n_per_request = n_per_request
         self.backoff_s = backoff_s
-        self.chat_format = load_chat_format(chat_format) if chat_format else None
+        self.local_chat_format = load_chat_format(chat_format) if chat_format else None
         key = api_key_from_env()
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.served_model, self.server = self._run(self._discover(served_model))
@@ -237,6 +237,10 @@ class OpenAIBackend(Backend):
 
         return self._run(self._gather([one(r) for r in requests]))
 
+    def chat_format(self) -> ChatFormat | None:
+        """evalkit's own rendering (`--chat-format`), or None when the server's template renders chat prompts."""
+        return self.local_chat_format
+
     def describe(self) -> dict:
         seed = ("sample_seed(sampling.seed, task_id, first sample index), n = missing samples" if self.n_per_request
                 else "sample_seed(sampling.seed, task_id, sample_index), n = 1")
@@ -249,7 +253,7 @@ class OpenAIBackend(Backend):
                 "generation": "/v1/completions with the task's prompt; max_tokens and stop from the task, "
                               f"temperature and top_p from sampling, seed = {seed}",
                 "chat": "/v1/completions with the token ids of evalkit's rendering (chat_format)"
-                        if self.chat_format is not None else
+                        if self.local_chat_format is not None else
                         "/v1/chat/completions with the task's messages, rendered by the server's template; a "
                         "response prefix as a final assistant message with continue_final_message=true, "
                         "add_generation_prompt=false",
@@ -257,7 +261,7 @@ class OpenAIBackend(Backend):
                                  + ("token ids from the server's /tokenize" if self.use_token_ids
                                     else "text (the context alone in the same request counts its tokens)"),
             },
-            **({"chat_format": self.chat_format.describe()} if self.chat_format is not None else {}),
+            **({"chat_format": self.local_chat_format.describe()} if self.local_chat_format is not None else {}),
         }
 
     # --- one request ------------------------------------------------------------------------------------
@@ -274,8 +278,8 @@ class OpenAIBackend(Backend):
             "seed": sample_seed(sampling.seed, request.task_id, indices[0]),
             "n": len(indices),
         }
-        if request.chat and self.chat_format is not None:  # evalkit renders; the server continues the ids as sent
-            rendered = self.chat_format.render(request.messages, request.response_prefix)
+        if request.chat and self.local_chat_format is not None:  # evalkit renders; the server continues the ids as sent
+            rendered = self.local_chat_format.render(request.messages, request.response_prefix)
             path, params = "/completions", {**params, "prompt": list(rendered.ids)}
             prompt_record = rendered.record()
         elif request.chat:
