@@ -46,8 +46,11 @@ def test_parent_depends_on_the_engine_driver_and_the_setting(monkeypatch, driver
     assert worker_cgroup_parent(2) == expected
 
 
-def _parents_of_this_process_workers() -> list[str]:
-    names = subprocess.run(["docker", "ps", "--filter", f"name=evalkit-sbx-{os.getpid()}-", "--format", "{{.Names}}"],
+def _parents_of_workers(pool_id: str | None = None) -> list[str]:
+    """The cgroup parents of this process's live worker containers, or of one pool's only: other pools of this
+    process (the session's shared sandbox) may hold slots of their own."""
+    label = f"label=evalkit.sandbox.pool={pool_id}" if pool_id else f"name=evalkit-sbx-{os.getpid()}-"
+    names = subprocess.run(["docker", "ps", "--filter", label, "--format", "{{.Names}}"],
                            capture_output=True, text=True, check=True, timeout=60).stdout.split()
     if not names:
         return []
@@ -61,9 +64,11 @@ def test_live_workers_get_their_own_groups_and_a_new_pool_reuses_them(monkeypatc
     from evalkit.sandbox.docker_pool import DockerSandbox
 
     monkeypatch.delenv(CGROUP_PARENT_ENV, raising=False)
-    expected = ["/evalkit-sandbox-0", "/evalkit-sandbox-1"] if docker_pool._engine_uses_cgroupfs() else ["", ""]
+    cgroupfs = docker_pool._engine_uses_cgroupfs()
     slow = Program({"w.py": "import time\ntime.sleep(1.0)\n"}, (("python3", "w.py"),))
+    seen = []
     for _ in range(2):  # the second pool finds the slots of the closed first one free again
+        others = _parents_of_workers()  # live workers of other pools in this process keep their groups
         try:
             pool = DockerSandbox(workers=2)
         except SandboxError as e:
@@ -73,7 +78,14 @@ def test_live_workers_get_their_own_groups_and_a_new_pool_reuses_them(monkeypatc
         try:
             with ThreadPoolExecutor(2) as threads:  # two programs at once: both workers start
                 assert all(r.ok for r in threads.map(pool.run, [slow, slow]))
-            assert _parents_of_this_process_workers() == expected
+            mine = _parents_of_workers(pool.pool_id)
         finally:
             pool.close()
-        assert _parents_of_this_process_workers() == []
+        assert _parents_of_workers(pool.pool_id) == []
+        if cgroupfs:
+            assert len(set(mine)) == 2 and all(p.startswith("/evalkit-sandbox-") for p in mine)
+            assert not set(mine) & set(others)
+        else:
+            assert mine == ["", ""]
+        seen.append(mine)
+    assert seen[0] == seen[1]
