@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ SHARED_DATA = REPO.parent / "shared" / "datasets"
 os.environ.setdefault("EVALKIT_DATA_DIR", str(SHARED_DATA))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# Tests that press Ctrl-C on a child run need the child to take SIGINT. A suite started as a background job of a
+# script inherits SIGINT ignored, its children would too, and Python leaves an ignored SIGINT ignored.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
