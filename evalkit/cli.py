@@ -86,6 +86,10 @@ def run(
         "openai with --chat: render chat prompts with evalkit's format (mistral-v3, mistral-v1, or hf:PATH for "
         "a tokenizer's chat template) and send the token ids to /v1/completions, instead of leaving the "
         "template to the server's /v1/chat/completions."))] = None,
+    max_stop_sequences: Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL, help=(
+        "openai: send at most N of a task's stop strings (OpenAI's hosted API takes 4; HumanEval has 5). All of "
+        "them still cut the returned text, so scores do not change; the server only generates past the unsent "
+        "ones."))] = None,
     limit: Annotated[int | None, typer.Option(min=1, rich_help_panel=TASKS,
                                               help="Evaluate only the first N problems of each task.")] = None,
     prompt: Annotated[str | None, typer.Option(rich_help_panel=TASKS, help=(
@@ -175,7 +179,8 @@ def run(
             backend_options={"dtype": dtype, "device": device, "batch_size": batch_size, "served_model": served_model,
                              "concurrency": concurrency, "request_timeout": request_timeout,
                              "max_retries": max_retries, "n_per_request": n_per_request or None,
-                             "chat_format": chat_format, "tokenizer": tokenizer, "revision": revision,
+                             "chat_format": chat_format, "max_stop_sequences": max_stop_sequences,
+                             "tokenizer": tokenizer, "revision": revision,
                              "trust_remote_code": trust_remote_code or None},
             shard=Shard.parse(shard) if shard else None, generate_only=generate_only,
         )

@@ -87,6 +87,31 @@ def test_every_sampling_parameter_is_sent_explicitly(reference_root, data):
             OpenAIBackend(proxy.url + "/v1", n_per_request=True).generate(requests, sampling)
 
 
+def test_a_cap_on_stop_strings_sends_the_first_ones_and_still_cuts_at_every_one(reference_root, data):
+    """OpenAI's hosted API takes 4 stop strings and HumanEval has 5: the unsent ones still end the text here."""
+    requests = humaneval_requests(data, 3, 1)
+    unsent = requests[0].stop[-1]
+    assert len(requests[0].stop) == 5
+
+    def runs_on(path: str, body: dict) -> dict:  # a server that generates past the stop it was not sent
+        return {**body, "choices": [{**c, "text": c["text"] + unsent + "print('past the stop')\n"}
+                                    for c in body["choices"]]} if "choices" in body else body
+
+    with FaultProxy(reference_root) as proxy:
+        proxy.rewrite = runs_on
+        capped = OpenAIBackend(proxy.url + "/v1", max_stop_sequences=4).generate(requests, SamplingParams())
+        bodies = [body for path, body, _ in proxy.forwarded if path == "/v1/completions"]
+    assert sorted(b["stop"] for b in bodies) == sorted(list(r.stop[:4]) for r in requests)
+    assert [s[0].text for s in capped] == [truncate_at_stop(r.reference, r.stop) for r in requests]
+    assert all(unsent not in s[0].text and s[0].finish_reason == "stop" for s in capped)
+
+    with pytest.raises(BackendError, match="--max-stop-sequences must be >= 1"):
+        OpenAIBackend(reference_root + "/v1", max_stop_sequences=0)
+    from evalkit.backends import resolve_backend
+    with pytest.raises(BackendError, match="--max-stop-sequences does not apply to --model 'reference'"):
+        resolve_backend("reference", max_stop_sequences=4)
+
+
 def test_retry_after_is_honoured_and_attempts_are_recorded(reference_root, data):
     requests = humaneval_requests(data, 3, 1)
     with FaultProxy(reference_root, faults=("429",), max_faults_per_body=2, retry_after="0.25") as proxy:

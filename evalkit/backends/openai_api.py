@@ -161,7 +161,7 @@ class OpenAIBackend(Backend):
 
     name = "openai"
     options = frozenset({"served_model", "concurrency", "request_timeout", "max_retries", "n_per_request",
-                         "chat_format"})
+                         "chat_format", "max_stop_sequences"})
 
     @classmethod
     def from_spec(cls, target: str, known_ids: dict[str, set[str]] | None = None, **options) -> OpenAIBackend:
@@ -176,6 +176,7 @@ class OpenAIBackend(Backend):
         max_retries: int = 6,
         n_per_request: bool = False,
         chat_format: str | None = None,
+        max_stop_sequences: int | None = None,
         *,
         backoff_s: tuple[float, float] = (1.0, 30.0),
         use_token_ids: bool | None = None,
@@ -183,13 +184,16 @@ class OpenAIBackend(Backend):
         """`backoff_s` is (first wait, longest wait) between retries; `use_token_ids` None asks the server
         whether it tokenizes (/tokenize), True or False forces the log-likelihood prompt form. `chat_format`
         (mistral-v1, mistral-v3, hf:PATH) renders chat prompts here and sends their ids to /v1/completions;
-        None leaves the chat template to the server (/v1/chat/completions)."""
+        None leaves the chat template to the server (/v1/chat/completions). `max_stop_sequences` caps the stop
+        strings sent (OpenAI's hosted API takes 4); all of them are applied to the returned text either way."""
         parts = urlsplit(base_url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BackendError(f"--model openai:{redact_url(base_url)}: expected openai:http(s)://HOST[:PORT]/v1, "
                                "e.g. openai:http://127.0.0.1:8000/v1")
         if concurrency < 1 or max_retries < 0 or (request_timeout is not None and request_timeout <= 0):
             raise BackendError("--concurrency must be >= 1, --max-retries >= 0 and --request-timeout > 0")
+        if max_stop_sequences is not None and max_stop_sequences < 1:
+            raise BackendError("--max-stop-sequences must be >= 1")
         self.base_url = base_url.strip().rstrip("/")
         self.public_url = redact_url(self.base_url)
         # vLLM serves /tokenize and /version beside /v1, not under it
@@ -198,6 +202,7 @@ class OpenAIBackend(Backend):
         self.request_timeout = request_timeout
         self.max_retries = max_retries
         self.n_per_request = n_per_request
+        self.max_stop_sequences = max_stop_sequences
         self.backoff_s = backoff_s
         self.local_chat_format = load_chat_format(chat_format) if chat_format else None
         key = api_key_from_env()
@@ -251,7 +256,9 @@ class OpenAIBackend(Backend):
             "server": self.server,
             "requests": {
                 "generation": "/v1/completions with the task's prompt; max_tokens and stop from the task, "
-                              f"temperature and top_p from sampling, seed = {seed}",
+                              f"temperature and top_p from sampling, seed = {seed}"
+                              + (f"; stop sends the task's first {self.max_stop_sequences} stop strings, and all "
+                                 "of them are applied to the returned text" if self.max_stop_sequences else ""),
                 "chat": "/v1/completions with the token ids of evalkit's rendering (chat_format)"
                         if self.local_chat_format is not None else
                         "/v1/chat/completions with the task's messages, rendered by the server's template; a "
@@ -274,7 +281,8 @@ class OpenAIBackend(Backend):
             "max_tokens": request.max_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
-            "stop": list(request.stop) or None,
+            # a server that takes few stop strings gets the first ones; the text is cut at every one below
+            "stop": list(request.stop)[:self.max_stop_sequences] or None,
             "seed": sample_seed(sampling.seed, request.task_id, indices[0]),
             "n": len(indices),
         }
@@ -316,8 +324,8 @@ class OpenAIBackend(Backend):
                 out.append(Completion("", error=f"the server returned no text (finish_reason {raw_finish!r})",
                                       info=info))
             else:
-                out.append(Completion(truncate_at_stop(text, request.stop), FINISH_REASONS.get(raw_finish),
-                                      info=info))
+                cut = truncate_at_stop(text, request.stop)
+                out.append(Completion(cut, "stop" if cut != text else FINISH_REASONS.get(raw_finish), info=info))
         return out
 
     async def _loglikelihood_one(self, client: httpx.AsyncClient, request: LoglikelihoodRequest) -> Scores:
