@@ -97,6 +97,10 @@ def run(
         "`zero-shot` for mbpp), or per task: `math=minerva,mbpp=zero-shot`."))] = None,
     chat: Annotated[bool, typer.Option(rich_help_panel=TASKS, help=(
         "Prompt as an instruct model: render each task's chat variant with the model's chat format."))] = False,
+    system_prompt: Annotated[str | None, typer.Option(rich_help_panel=TASKS, help=(
+        "With --chat: a system message put first in every task's conversation (lm-eval's "
+        "--system_instruction). Recorded with each task; runs with another system prompt do not compare."
+    ))] = None,
     task_option: Annotated[list[str] | None, typer.Option(rich_help_panel=TASKS, help=(
         "A task setting, KEY=VALUE for every task that takes KEY or TASK:KEY=VALUE for one (e.g. "
         "`timeout=30`); `evalkit tasks` lists each task's options. Repeatable."))] = None,
@@ -175,7 +179,7 @@ def run(
             sampling=SamplingParams(n=n_samples, temperature=temperature, top_p=top_p, seed=seed),
             data=data, requests_per_call=requests_per_call, max_tokens=max_tokens,
             unsafe_local=unsafe_local_execution, sandbox_workers=sandbox_workers, prompt=parse_per_task(prompt),
-            chat=chat, task_options=parse_task_options(task_option or []),
+            chat=chat, system_prompt=system_prompt, task_options=parse_task_options(task_option or []),
             backend_options={"dtype": dtype, "device": device, "batch_size": batch_size, "served_model": served_model,
                              "concurrency": concurrency, "request_timeout": request_timeout,
                              "max_retries": max_retries, "n_per_request": n_per_request or None,
@@ -217,6 +221,7 @@ def run(
 # given on the command line replace the recorded ones; the others keep the recorded values.
 RUN_OPTION_FIELDS = {
     "model": "model", "tasks": "tasks", "limit": "limit", "prompt": "prompt", "chat": "chat",
+    "system_prompt": "system_prompt",
     "task_option": "task_options", "max_tokens": "max_tokens", "n_samples": "sampling.n", "samples": "sampling.n",
     "temperature": "sampling.temperature", "top_p": "sampling.top_p", "seed": "sampling.seed", "data_dir": "data",
     "hub": "data", "dataset_revision": "data", "spider_db_dir": "data", "sandbox_workers": "sandbox_workers",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Role = Literal["system", "user", "assistant"]
@@ -43,6 +43,19 @@ class GenerationRequest:
     @property
     def chat(self) -> bool:
         return bool(self.messages)
+
+    def with_system_prompt(self, text: str) -> GenerationRequest:
+        """This chat request with `text` as its system message, first; the readable prompt says so too."""
+        if not self.chat or self.messages[0].role == "system":
+            raise ValueError("a system prompt goes first in a chat request that has none")
+        messages = (ChatMessage("system", text), *self.messages)
+        return replace(self, messages=messages, prompt=readable_conversation(messages, self.response_prefix))
+
+
+def readable_conversation(messages: tuple[ChatMessage, ...] | list[ChatMessage], response_prefix: str = "") -> str:
+    """A conversation as plain text for the records (the backend renders it in the model's own format)."""
+    turns = "".join(f"<|{m.role}|>\n{m.content}\n" for m in messages)
+    return f"{turns}<|assistant|>\n{response_prefix}"
 
 
 @dataclass(frozen=True)

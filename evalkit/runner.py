@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from evalkit.backends import Backend, resolve_backend
 from evalkit.data import DataConfig
-from evalkit.errors import EvalkitError, RunStoreError
+from evalkit.errors import EvalkitError, RunStoreError, TaskError
 from evalkit.experiment import same_experiment
 from evalkit.provenance import git_state, new_run_id, package_versions
 from evalkit.requests import Completion, Failure, GenerationRequest, LoglikelihoodRequest, SamplingParams
@@ -107,6 +107,7 @@ class RunOptions:
     backend_options: dict = field(default_factory=dict)
     prompt: str | dict | None = None
     chat: bool = False
+    system_prompt: str | None = None  # put first in every chat prompt
     task_options: dict = field(default_factory=dict)
     overlap: bool = True  # False: execute each batch before generating the next (benchmarks compare the two)
     shard: Shard | None = None
@@ -125,8 +126,9 @@ class RunOptions:
             "unsafe_local": self.unsafe_local, "sandbox_workers": self.sandbox_workers,
             "backend_options": {k: v for k, v in self.backend_options.items()
                                 if v is not None and not SECRET_OPTION.search(k)},
-            "prompt": self.prompt, "chat": self.chat, "task_options": self.task_options,
-            "shard": str(self.shard) if self.shard else None, "generate_only": self.generate_only,
+            "prompt": self.prompt, "chat": self.chat, "system_prompt": self.system_prompt,
+            "task_options": self.task_options, "shard": str(self.shard) if self.shard else None,
+            "generate_only": self.generate_only,
         }
 
     @classmethod
@@ -146,7 +148,8 @@ class RunOptions:
                 requests_per_call=int(rec.get("requests_per_call") or 8), max_tokens=rec.get("max_tokens"),
                 unsafe_local=bool(rec.get("unsafe_local")), sandbox_workers=rec.get("sandbox_workers"),
                 backend_options=dict(rec.get("backend_options") or {}), prompt=rec.get("prompt"),
-                chat=bool(rec.get("chat")), task_options=dict(rec.get("task_options") or {}),
+                chat=bool(rec.get("chat")), system_prompt=rec.get("system_prompt"),
+                task_options=dict(rec.get("task_options") or {}),
                 shard=Shard.parse(rec["shard"]) if rec.get("shard") else None,
                 generate_only=bool(rec.get("generate_only")),
             )
@@ -193,10 +196,15 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def task_request(task: Task, doc: Doc, opts: RunOptions) -> Request:
-    """The task's request for `doc`, with the run's max_tokens override."""
+    """The task's request for `doc`, with the run's max_tokens override and system prompt."""
     req = task.request(doc)
     if isinstance(req, GenerationRequest) and opts.max_tokens and opts.max_tokens != req.max_tokens:
         req = dataclasses.replace(req, max_tokens=opts.max_tokens)
+    if isinstance(req, GenerationRequest) and req.chat and opts.system_prompt is not None:
+        if req.messages[0].role == "system":
+            raise TaskError(f"{task.name}: its chat prompt has a system message of its own; run without "
+                            "--system-prompt")
+        req = req.with_system_prompt(opts.system_prompt)
     return req
 
 
@@ -226,6 +234,8 @@ def describe_run(opts: RunOptions, tasks: dict[str, Task], docs: dict[str, list[
         if isinstance(sample_req, GenerationRequest):
             info["max_tokens"] = sample_req.max_tokens
             info["stop"] = list(sample_req.stop)
+            if sample_req.chat:  # recorded per task: report and gate compare tasks one by one
+                info["system_prompt"] = opts.system_prompt
         task_info[name] = info
     return {
         "model": opts.model,
@@ -572,6 +582,9 @@ def run_evaluation(opts: RunOptions, backend: Backend | None = None, progress: b
     `opts.generate_only`: the generations are written and nothing is scored)."""
     if opts.score_only and (opts.resume is None or opts.generate_only):
         raise RunStoreError("scoring alone needs the run folder of a generation run (evalkit score RUN_DIR)")
+    if opts.system_prompt is not None and (not opts.chat or not opts.system_prompt.strip()):
+        raise TaskError("--system-prompt is put first in chat prompts: add --chat" if not opts.chat else
+                        "--system-prompt is empty; leave it out for no system message")
     tasks = build_tasks(opts.tasks, opts.data, opts.prompt, opts.chat, opts.task_options, note=log)
     all_docs, docs, known_ids = {}, {}, {}
     for name, task in tasks.items():

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from evalkit.errors import TaskError
-from evalkit.requests import ChatMessage, GenerationRequest
+from evalkit.requests import ChatMessage, GenerationRequest, readable_conversation
 
 # Markdown info strings and language names, by evalkit language key.
 FENCE_TAGS = {"python": "python", "cpp": "cpp", "java": "java", "js": "javascript", "go": "go", "rust": "rust",
@@ -54,21 +54,16 @@ def fence_prefix(lang: str) -> str:
     return f"```{FENCE_TAGS[lang]}\n"
 
 
-def readable(messages: Sequence[ChatMessage], response_prefix: str = "") -> str:
-    """The conversation as plain text for the records (the backend renders it in the model's own format)."""
-    turns = "".join(f"<|{m.role}|>\n{m.content}\n" for m in messages)
-    return f"{turns}<|assistant|>\n{response_prefix}"
-
-
 def chat_request(task_id: str, messages: Sequence[ChatMessage], response_prefix: str, stop: Sequence[str],
                  max_tokens: int, reference: str | None) -> GenerationRequest:
-    return GenerationRequest(task_id, readable(messages, response_prefix), tuple(stop), max_tokens, reference,
-                             messages=tuple(messages), response_prefix=response_prefix)
+    return GenerationRequest(task_id, readable_conversation(tuple(messages), response_prefix), tuple(stop),
+                             max_tokens, reference, messages=tuple(messages), response_prefix=response_prefix)
 
 
-def turns(shots: Iterable[tuple[str, str]], question: str, system: str | None = None) -> tuple[ChatMessage, ...]:
-    """Exemplars as user/assistant turns, then the question as the last user turn."""
-    out = [ChatMessage("system", system)] if system else []
+def turns(shots: Iterable[tuple[str, str]], question: str) -> tuple[ChatMessage, ...]:
+    """Exemplars as user/assistant turns, then the question as the last user turn (a system prompt is the
+    run's, `--system-prompt`, put first by the runner)."""
+    out: list[ChatMessage] = []
     for user, assistant in shots:
         out += [ChatMessage("user", user), ChatMessage("assistant", assistant)]
     return (*out, ChatMessage("user", question))

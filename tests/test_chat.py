@@ -404,6 +404,66 @@ def test_gate_refuses_to_compare_a_chat_run_with_a_base_run(tmp_path):
     assert refused.exit_code == 2 and "options.chat" in refused.output, refused.output
 
 
+SYSTEM = "You are a careful mathematician."
+
+
+def test_a_system_prompt_goes_first_in_every_chat_prompt_and_is_part_of_the_experiment(tmp_path):
+    from typer.testing import CliRunner
+
+    from evalkit.cli import app
+
+    def run(name: str, *extra: str):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["run", "--model", "reference", "--chat", "--tasks", "gsm8k,math500",
+                                          "--limit", "3", "--output-path", str(out), "--no-progress", *extra])
+        return result, out
+
+    result, out = run("system", "--system-prompt", SYSTEM)
+    assert result.exit_code == 0, result.output
+    run_dir = next(out.iterdir())
+    results = json.loads((run_dir / "results.json").read_text())
+    for name in ("gsm8k", "math500"):
+        assert all(v == 1.0 for v in results["tasks"][name]["metrics"].values()), results["tasks"][name]
+        assert results["config"]["tasks"][name]["system_prompt"] == SYSTEM
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(s["prompt"].startswith(f"<|system|>\n{SYSTEM}\n<|user|>\n") for s in samples)
+    assert json.loads((run_dir / "run.json").read_text())["run_options"]["system_prompt"] == SYSTEM
+
+    plain, plain_out = run("plain")
+    assert plain.exit_code == 0, plain.output
+    refused = CliRunner().invoke(app, ["gate", str(next(plain_out.iterdir())), str(run_dir)])
+    assert refused.exit_code == 2 and "system_prompt" in refused.output, refused.output
+    other = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--system-prompt", "Be brief.",
+                                     "--no-progress"])
+    assert other.exit_code == 2 and "system_prompt" in other.output, other.output
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--system-prompt", SYSTEM], "add --chat"),
+    (["--chat", "--system-prompt", " "], "--system-prompt is empty"),
+])
+def test_a_system_prompt_needs_chat_prompts_and_text(tmp_path, args, says):
+    from typer.testing import CliRunner
+
+    from evalkit.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--model", "reference", "--tasks", "gsm8k", "--limit", "1",
+                                      "--output-path", str(tmp_path), "--no-progress", *args])
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_system_prompt_reaches_the_rendered_mistral_prompt(data_dir):
+    from evalkit.runner import RunOptions, task_request
+
+    task = chat_task("gsm8k", data_dir)
+    doc = task.docs()[0]
+    request = task_request(task, doc, RunOptions(model="reference", tasks=["gsm8k"], chat=True, system_prompt=SYSTEM))
+    assert request.messages[0] == ChatMessage("system", SYSTEM) and request.messages[1:] == task.request(doc).messages
+    rendered = mistral_chat_format("v3").render(request.messages, request.response_prefix)
+    assert SYSTEM in rendered.text and SYSTEM not in mistral_chat_format("v3").render(
+        task.request(doc).messages, request.response_prefix).text
+
+
 def test_readme_shows_the_exact_prompt(data_dir):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     shown = readme.split("The exact prompt of HumanEval/23")[1].split("````text\n")[1].split("````")[0]
