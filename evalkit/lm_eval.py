@@ -36,12 +36,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from evalkit.backends import Backend, backend_class, resolve_backend
 from evalkit.backends.native import NativeBackend, encode_pair
 from evalkit.errors import EvalkitError
+from evalkit.models.generate import score_tokens
 from evalkit.requests import ChatMessage, Failure, GenerationRequest, LoglikelihoodRequest, SamplingParams
 from evalkit.sanitize import truncate_at_stop
 
@@ -75,45 +75,6 @@ NO_OP_GEN_KWARGS: dict[str, tuple[Any, ...]] = {
 }
 # lm-eval's generic arguments, given to every model; a backend that has no such setting ignores them.
 LM_EVAL_ARGUMENTS = ("batch_size", "device")
-
-
-@torch.inference_mode()
-def score_tokens(
-    model: Any, context_ids: Sequence[int], continuations: Sequence[Sequence[int]], rows: int = 8
-) -> list[tuple[float, bool]]:
-    """(sum of log p, every token the argmax) of each continuation after `context_ids`, with a native model.
-
-    The context is run once through the model's cache (evalkit/models/generate.py describes the protocol),
-    which is forked for the continuations; up to `rows` continuations are scored together, right-padded (the
-    padding comes after the tokens scored, so it changes nothing).
-    """
-    cache = model.new_cache(1)
-    context = torch.tensor([list(context_ids)], dtype=torch.long, device=model.device)
-    last = model.forward_cached(context, cache, last_only=True)[0, -1].float()
-    first_logp, first_best = torch.log_softmax(last, dim=-1), int(last.argmax())
-    results = [(float(first_logp[c[0]]), first_best == c[0]) if len(c) else (0.0, True) for c in continuations]
-    longer = [i for i, c in enumerate(continuations) if len(c) > 1]
-    for start in range(0, len(longer), rows):
-        chunk = longer[start : start + rows]
-        width = max(len(continuations[i]) - 1 for i in chunk)
-        inputs = torch.zeros(len(chunk), width, dtype=torch.long)
-        targets = torch.zeros(len(chunk), width, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.bool)
-        for row, i in enumerate(chunk):
-            tokens = torch.tensor(list(continuations[i]), dtype=torch.long)
-            inputs[row, : len(tokens) - 1] = tokens[:-1]
-            targets[row, : len(tokens) - 1] = tokens[1:]
-            mask[row, : len(tokens) - 1] = True
-        forked = cache.select(torch.zeros(len(chunk), dtype=torch.long, device=model.device))
-        logits = model.forward_cached(inputs.to(model.device), forked).float()
-        targets, mask = targets.to(logits.device), mask.to(logits.device)
-        token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-        sums = (token_logp * mask).sum(-1).tolist()
-        greedy = ((logits.argmax(-1) == targets) | ~mask).all(-1).tolist()
-        for row, i in enumerate(chunk):
-            head_logp, head_greedy = results[i]
-            results[i] = (head_logp + sums[row], head_greedy and greedy[row])
-    return results
 
 
 def _task_id(request: Instance) -> str:

@@ -405,35 +405,47 @@ class CudaGraphStep:
 
 
 @torch.inference_mode()
-def score_continuations(
-    model: CachedLM, context_ids: Sequence[int], continuations: Sequence[Sequence[int]]
-) -> list[float]:
-    """Sum of log p(token | everything before it) over each continuation's tokens, after context_ids.
+def score_tokens(
+    model: CachedLM, context_ids: Sequence[int], continuations: Sequence[Sequence[int]], rows: int | None = None
+) -> list[tuple[float, bool]]:
+    """(sum of log p(token | everything before it), whether every token was the argmax) of each continuation
+    after `context_ids`.
 
-    The context is run once; its cache is forked for all continuations, which are scored together
-    (right-padded; padding comes after the tokens scored, so it changes nothing).
+    The context is run once; its cache is forked for the continuations, which are scored `rows` at a time (all
+    together when None), right-padded: the padding comes after the tokens scored, so it changes nothing.
     """
     cache = model.new_cache(1)
     context = torch.tensor([list(context_ids)], dtype=torch.long, device=model.device)
-    first = torch.log_softmax(model.forward_cached(context, cache, last_only=True)[0, -1], dim=-1)
-    scores = [float(first[c[0]]) if len(c) else 0.0 for c in continuations]
+    last = model.forward_cached(context, cache, last_only=True)[0, -1].float()
+    first_logp, first_best = torch.log_softmax(last, dim=-1), int(last.argmax())
+    results = [(float(first_logp[c[0]]), first_best == c[0]) if len(c) else (0.0, True) for c in continuations]
     longer = [i for i, c in enumerate(continuations) if len(c) > 1]
-    if not longer:
-        return scores
-    width = max(len(continuations[i]) - 1 for i in longer)
-    inputs = torch.zeros(len(longer), width, dtype=torch.long)
-    targets = torch.zeros(len(longer), width, dtype=torch.long)
-    mask = torch.zeros(len(longer), width, dtype=torch.bool)
-    for row, i in enumerate(longer):
-        tokens = torch.tensor(list(continuations[i]), dtype=torch.long)
-        inputs[row, : len(tokens) - 1] = tokens[:-1]
-        targets[row, : len(tokens) - 1] = tokens[1:]
-        mask[row, : len(tokens) - 1] = True
-    forked = cache.select(torch.zeros(len(longer), dtype=torch.long, device=model.device))
-    logits = model.forward_cached(inputs.to(model.device), forked)
-    targets, mask = targets.to(logits.device), mask.to(logits.device)
-    token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    rest = (token_logp * mask).sum(-1).tolist()
-    for row, i in enumerate(longer):
-        scores[i] += rest[row]
-    return scores
+    step = rows or max(1, len(longer))
+    for start in range(0, len(longer), step):
+        chunk = longer[start : start + step]
+        width = max(len(continuations[i]) - 1 for i in chunk)
+        inputs = torch.zeros(len(chunk), width, dtype=torch.long)
+        targets = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.bool)
+        for row, i in enumerate(chunk):
+            tokens = torch.tensor(list(continuations[i]), dtype=torch.long)
+            inputs[row, : len(tokens) - 1] = tokens[:-1]
+            targets[row, : len(tokens) - 1] = tokens[1:]
+            mask[row, : len(tokens) - 1] = True
+        forked = cache.select(torch.zeros(len(chunk), dtype=torch.long, device=model.device))
+        logits = model.forward_cached(inputs.to(model.device), forked).float()
+        targets, mask = targets.to(logits.device), mask.to(logits.device)
+        token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+        sums = (token_logp * mask).sum(-1).tolist()
+        greedy = ((logits.argmax(-1) == targets) | ~mask).all(-1).tolist()
+        for row, i in enumerate(chunk):
+            head_logp, head_greedy = results[i]
+            results[i] = (head_logp + sums[row], head_greedy and greedy[row])
+    return results
+
+
+def score_continuations(
+    model: CachedLM, context_ids: Sequence[int], continuations: Sequence[Sequence[int]]
+) -> list[float]:
+    """Sum of log p(token | everything before it) over each continuation's tokens, after context_ids."""
+    return [logp for logp, _ in score_tokens(model, context_ids, continuations)]
