@@ -166,3 +166,31 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path, monkeypatch):
                                 log=lambda m: None)
     assert results["tasks"]["humaneval"]["verdicts"] == {"passed": 40}
     assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 40
+
+
+# Where a run writes and how this process drives it; everything else must survive run.json, or a resumed run, a
+# Ray shard or a merge would quietly run with another setting.
+NOT_RECORDED = {"output_dir", "resume", "overlap", "score_only", "lock_wait"}
+
+
+def test_every_run_option_survives_run_json(data_dir, tmp_path):
+    import dataclasses
+
+    from evalkit.requests import SamplingParams
+    from evalkit.shard import Shard
+
+    spider = tmp_path / "spider"
+    spider.mkdir()
+    given = RunOptions(
+        model="replay:x.jsonl", tasks=["humaneval", "gsm8k"], limit=7,
+        sampling=SamplingParams(n=3, temperature=0.5, top_p=0.9, seed=7),
+        data=DataConfig(mirror=data_dir.resolve(), hub=True, revision="abc", spider_db_dir=spider),
+        requests_per_call=5, max_tokens=99, unsafe_local=True, sandbox_workers=3,
+        backend_options={"concurrency": 4, "max_stop_sequences": 4}, prompt={"mbpp": "zero-shot"}, chat=True,
+        system_prompt="Be exact.", task_options={"timeout": 30}, shard=Shard(1, 4), generate_only=True,
+    )
+    defaults = RunOptions(model="m", tasks=["t"])
+    fields = {f.name for f in dataclasses.fields(RunOptions)} - NOT_RECORDED
+    assert not {f for f in fields if getattr(given, f) == getattr(defaults, f)}  # every field is set off its default
+    back = RunOptions.from_record(json.loads(json.dumps(given.record())))
+    assert {f: getattr(back, f) for f in fields} == {f: getattr(given, f) for f in fields}
