@@ -6,14 +6,15 @@
 `model` is any evalkit model spec (`evalkit.backends.resolve_backend`): a native name or checkpoint folder,
 `hf:...`, `openai:...`. What each lm-eval request becomes:
 
-- `loglikelihood` (context, continuation) -> (sum of log p, is_greedy). On native models the continuation's
-  tokens are scored one by one and is_greedy says each was the argmax; the context and continuation are split
-  into tokens as lm-eval's TemplateLM does (trailing context spaces move to the continuation, an empty context
-  is the bos token alone). Other backends give the sum through `Backend.loglikelihood`, and is_greedy is
-  whether a greedy generation from the context starts with the continuation's text (one extra generation
-  per distinct context).
+- `loglikelihood` (context, continuation) -> (sum of log p, is_greedy). On backends that score tokens in this
+  process (native models and `hf:` checkpoints, `TokenScorer`) the continuation's tokens are scored one by one
+  and is_greedy says each was the argmax; the context and continuation are split into tokens as lm-eval's
+  TemplateLM does (trailing context spaces move to the continuation, an empty context is the prefix token
+  alone). A server (`openai:`) gives the sum through `Backend.loglikelihood`, and is_greedy is whether a
+  greedy generation from the context starts with the continuation's text (one extra generation per distinct
+  context).
 - `loglikelihood_rolling` (text,) -> log p of the whole text in lm-eval's disjoint windows of `max_length`
-  tokens, each token predicted once, the first window conditioned on bos (native models only).
+  tokens, each token predicted once, the first window conditioned on the prefix token (token scorers only).
 - `generate_until` (context, gen_kwargs) -> the continuation cut at the first `until` string, honouring
   `max_gen_toks`, `do_sample`, `temperature` and `top_p`. The K identical requests lm-eval sends for
   `repeats: K` are samples 0..K-1 of one GenerationRequest, each drawn with its own
@@ -21,8 +22,8 @@
 
 With `--apply_chat_template`, `apply_chat_template` renders the conversation with the backend's own chat format
 (evalkit/chat.py: mistral-common for native models, the checkpoint's template for `hf:`) and remembers it: a
-generation from that context is sent as a chat request (the backend renders it to the same ids), and on native
-models a log-likelihood is scored on the ids of the conversation with the continuation as the assistant's answer.
+generation from that context is sent as a chat request (the backend renders it to the same ids), and on token
+scorers a log-likelihood is scored on the ids of the conversation with the continuation as the assistant's answer.
 
 Prompts are never truncated: lm-eval's own models cut contexts longer than max_length from the left with
 only a warning. lm-eval is an optional extra (`evalkit[lm-eval]`); only this module imports it.
@@ -39,9 +40,8 @@ from typing import Any
 from tqdm import tqdm
 
 from evalkit.backends import Backend, backend_class, resolve_backend
-from evalkit.backends.native import NativeBackend, encode_pair
+from evalkit.backends.base import TokenScorer
 from evalkit.errors import EvalkitError
-from evalkit.models.generate import score_tokens
 from evalkit.requests import ChatMessage, Failure, GenerationRequest, LoglikelihoodRequest, SamplingParams
 from evalkit.sanitize import truncate_at_stop
 
@@ -61,7 +61,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         f"the lm-eval bridge needs lm-evaluation-harness ({e}); install it with: pip install 'evalkit[lm-eval]'"
     ) from e
 
-__all__ = ["EvalkitLM", "LmEvalError", "score_tokens"]
+__all__ = ["EvalkitLM", "LmEvalError"]
 
 # lm-eval's own defaults (HFLM): 2048 tokens of context per rolling window, 256 new tokens per generation.
 DEFAULT_MAX_LENGTH = 2048
@@ -176,19 +176,18 @@ class EvalkitLM(LM):
         for pair in pairs:
             if len(pair) != 2 or not all(isinstance(text, str) for text in pair):
                 raise LmEvalError(f"loglikelihood takes (context, continuation) strings, got {pair!r}")
-        if isinstance(self.backend, NativeBackend):
-            results = self._native_loglikelihood(pairs, disable_tqdm)
+        if isinstance(self.backend, TokenScorer):
+            results = self._token_loglikelihood(self.backend, pairs, disable_tqdm)
         else:
             results = self._text_loglikelihood(requests, disable_tqdm)
         for pair, result in zip(pairs, results, strict=True):
             self.cache_hook.add_partial("loglikelihood", pair, result)
         return results
 
-    def _native_encode(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Token ids as lm-eval's TemplateLM splits them; an empty context is bos alone (its prefix token). A
-        context that apply_chat_template rendered is the conversation's ids, and the continuation is what rendering
-        it as (the rest of) the assistant's answer adds: the split of encode_pair, in the chat format."""
-        tokenizer = self.backend.tokenizer
+    def _token_encode(self, scorer: TokenScorer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids as lm-eval's TemplateLM splits them; an empty context is the prefix token alone. A context
+        that apply_chat_template rendered is the conversation's ids, and the continuation is what rendering it as
+        (the rest of) the assistant's answer adds: the split of encode_pair, in the chat format."""
         if context in self.chats:
             messages, prefix = self.chats[context]
             chat_format = self.backend.chat_format()
@@ -196,31 +195,31 @@ class EvalkitLM(LM):
             whole = list(chat_format.render(messages, prefix + continuation).ids)
             shared = next((k for k, (a, b) in enumerate(zip(head, whole, strict=False)) if a != b), len(head))
             return whole[:shared], whole[shared:]
-        if context == "":
-            return [tokenizer.bos_id], tokenizer.encode(continuation, bos=False)
-        return encode_pair(tokenizer, context, continuation)
+        return scorer.split_pair(context, continuation)
 
-    def _native_loglikelihood(self, pairs: list[tuple[str, str]], disable_tqdm: bool) -> list[tuple[float, bool]]:
+    def _token_loglikelihood(self, scorer: TokenScorer, pairs: list[tuple[str, str]],
+                             disable_tqdm: bool) -> list[tuple[float, bool]]:
         # Requests with one context (the choices of a multiple-choice question) share one pass over it.
         by_context: dict[tuple[int, ...], list[tuple[int, list[int]]]] = defaultdict(list)
         for i, (context, continuation) in enumerate(pairs):
-            context_ids, continuation_ids = self._native_encode(context, continuation)
+            context_ids, continuation_ids = self._token_encode(scorer, context, continuation)
             by_context[tuple(context_ids)].append((i, continuation_ids))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         for context_ids, items in tqdm(by_context.items(), desc="evalkit loglikelihood", disable=disable_tqdm):
-            scores = score_tokens(self.backend.model, context_ids, [ids for _, ids in items], self.backend.batch_size)
+            scores = scorer.score_tokens(context_ids, [ids for _, ids in items])
             for (i, _), score in zip(items, scores, strict=True):
                 results[i] = score
         return results
 
     def _text_loglikelihood(self, requests: list[Instance], disable_tqdm: bool) -> list[tuple[float, bool]]:
-        """Any backend: the sum from Backend.loglikelihood; is_greedy from one greedy generation per context."""
+        """Any other backend: the sum from Backend.loglikelihood; is_greedy from one greedy generation per
+        context."""
         contexts: dict[str, tuple[str, list[str]]] = {}  # context -> (task id, distinct continuations)
         for req in requests:
             context, continuation = req.args
             if context in self.chats:
                 raise LmEvalError(f"log-likelihoods of chat prompts need token-level scores, which the "
-                                  f"{self.backend.name} backend does not give; use a native model")
+                                  f"{self.backend.name} backend does not give; use a native model or hf:")
             task_id, continuations = contexts.setdefault(context, (_task_id(req), []))
             if continuation not in continuations:
                 continuations.append(continuation)
@@ -249,20 +248,20 @@ class EvalkitLM(LM):
         return [(logp[req.args], greedy_text[req.args[0]].startswith(req.args[1])) for req in requests]
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
-        if not isinstance(self.backend, NativeBackend):
+        scorer = self.backend
+        if not isinstance(scorer, TokenScorer):
             raise LmEvalError(
                 f"loglikelihood_rolling (perplexity tasks) needs token-level scores, which the {self.backend.name} "
-                "backend does not give; use a native model (a name or a checkpoint folder)"
+                "backend does not give; use a native model (a name or a checkpoint folder) or hf:"
             )
-        tokenizer = self.backend.tokenizer
         results = []
         for req in tqdm(requests, desc="evalkit loglikelihood_rolling", disable=disable_tqdm):
             (text,) = req.args
+            prefix_token, ids = scorer.document_ids(text)
             windows = map(make_disjoint_window, get_rolling_token_windows(
-                token_list=tokenizer.encode(text, bos=False), prefix_token=tokenizer.bos_id,
-                max_seq_len=self.max_length, context_len=1,
+                token_list=ids, prefix_token=prefix_token, max_seq_len=self.max_length, context_len=1,
             ))
-            total = sum(score_tokens(self.backend.model, context, [predicted])[0][0] for context, predicted in windows)
+            total = sum(scorer.score_tokens(context, [predicted])[0][0] for context, predicted in windows)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
             results.append(total)
         return results

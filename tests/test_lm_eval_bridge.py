@@ -154,6 +154,25 @@ def test_perplexity_equals_hf_rolling_windows(compared):
     assert abs(one_window - longest["resps"][0][0]) > 1e-3
 
 
+def test_hf_checkpoints_are_scored_token_by_token_as_lm_eval_hf_scores_them(compared, task_manager):
+    """An hf: checkpoint through the bridge: its backend scores tokens in this process, so is_greedy is computed
+    and perplexity tasks run, equal to lm-eval's own hf model on the same checkpoint."""
+    ckpt, hf, _, _ = compared
+    via_hf = EvalkitLM(model=f"hf:{ckpt}", max_length=MAX_LENGTH, device="cpu")
+    ours = lm_eval.simple_evaluate(model=via_hf, task_manager=task_manager, log_samples=True, limit=3,
+                                   tasks=["evalkit_mc", "evalkit_ppl"])["samples"]
+    theirs, mine = by_doc(hf["evalkit_mc"]), by_doc(ours["evalkit_mc"])
+    assert sorted(mine) == [0, 1, 2]
+    for doc_id, sample in mine.items():
+        got, expected = [r[0] for r in sample["resps"]], [r[0] for r in theirs[doc_id]["resps"]]
+        assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in expected], abs=ATOL), doc_id
+        assert [g for _, g in got] == [g for _, g in expected], doc_id
+    theirs, mine = by_doc(hf["evalkit_ppl"]), by_doc(ours["evalkit_ppl"])
+    assert sorted(mine) == [0, 1, 2]
+    for doc_id, sample in mine.items():
+        assert sample["resps"][0][0] == pytest.approx(theirs[doc_id]["resps"][0][0], abs=ATOL), doc_id
+
+
 def instances(pairs: list[tuple[str, str]], kind: str = "loglikelihood") -> list[Instance]:
     return [Instance(kind, {}, pair, i, ("direct", i, 1)) for i, pair in enumerate(pairs)]
 
@@ -207,6 +226,19 @@ def test_loglikelihood_is_greedy_and_empty_context_equal_hf(bridge, mistral_ckpt
     assert sum(g for _, g in got[:4]) >= 2  # greedy continuations are recognised (a re-encoding may differ)
     assert not any(g for _, g in got[4:8])  # " zebra crossing" is not what a random model writes
     assert all(lp < 0 for lp, _ in got)
+
+
+def test_hf_is_greedy_comes_from_its_token_scores(bridge, mistral_ckpt, greedy_pairs, monkeypatch):
+    via_hf = EvalkitLM(model=f"hf:{mistral_ckpt}", device="cpu")
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("is_greedy of a token scorer needs no generation")
+
+    monkeypatch.setattr(via_hf.backend, "generate", no_generation)
+    got = via_hf.loglikelihood(instances(greedy_pairs))
+    expected = bridge.loglikelihood(instances(greedy_pairs))  # native, equal to lm-eval's hf (above)
+    assert [g for _, g in got] == [g for _, g in expected] and sum(g for _, g in got[:4]) >= 2
+    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in expected], abs=ATOL)
 
 
 class TextOnly(Backend):
@@ -278,7 +310,7 @@ def test_chat_templates_render_with_the_backends_chat_format(bridge, task_manage
     """--apply_chat_template: contexts are mistral-common's rendering of the conversation; a generation is the
     backend's own chat generation; a choice's log-likelihood is scored on the ids of the conversation with the
     choice as the assistant's answer."""
-    from evalkit.lm_eval import score_tokens
+    from evalkit.models.generate import score_tokens
     from evalkit.requests import ChatMessage
     from evalkit.sanitize import truncate_at_stop
 

@@ -10,7 +10,7 @@ from evalkit.chat import ChatFormat
 from evalkit.errors import BackendError
 from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores
 
-__all__ = ["Backend", "BackendError"]
+__all__ = ["Backend", "BackendError", "TokenScorer"]
 
 
 class Backend(ABC):
@@ -74,3 +74,26 @@ class Backend(ABC):
     def close(self) -> None:
         """Release resources (processes, GPU memory, connections)."""
         return None
+
+
+class TokenScorer(ABC):
+    """A backend whose model scores token ids in this process (native models, hf: checkpoints).
+
+    Sums of log-probabilities per continuation (`Backend.loglikelihood`) are all a server gives; the lm-eval
+    bridge needs more from a local model: whether each continuation token is the argmax (is_greedy), chat
+    prompts scored on their ids, and perplexity over windows of a document's tokens.
+    """
+
+    @abstractmethod
+    def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context and continuation ids as `loglikelihood` splits them: trailing context spaces go to the
+        continuation, and an empty context is the prefix token alone."""
+
+    @abstractmethod
+    def document_ids(self, text: str) -> tuple[int, list[int]]:
+        """(prefix token, the ids of `text` without special tokens): a document to score in windows."""
+
+    @abstractmethod
+    def score_tokens(self, context_ids: Sequence[int],
+                     continuations: Sequence[Sequence[int]]) -> list[tuple[float, bool]]:
+        """(sum of log p, every token the argmax) of each continuation after `context_ids`."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from evalkit.backends.base import Backend, BackendError
+from evalkit.backends.base import Backend, BackendError, TokenScorer
 from evalkit.backends.mistral_tokenizers import mistral_tokenizer_file
 from evalkit.backends.native import parse_dtype
 from evalkit.chat import ChatFormat, hf_chat_format
@@ -145,7 +145,7 @@ class _Row:
     finish: str | None = None
 
 
-class HFBackend(Backend):
+class HFBackend(Backend, TokenScorer):
     """Generation and log-likelihood with a transformers causal LM and its own tokenizer."""
 
     name = "hf"
@@ -407,40 +407,59 @@ class HFBackend(Backend):
             return max_tokens
         return max(min(max_tokens, self.max_length - prompt_tokens), 0)
 
-    @torch.inference_mode()
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
-        """Sum of float32 log-probabilities of each continuation's tokens after its context.
-
-        All continuations of a request go through the model together, right-padded: a causal model's output
-        at a position depends only on the tokens before it, so padding after the scored tokens changes nothing.
-        """
+        """Sum of float32 log-probabilities of each continuation's tokens after its context."""
         results: list[Scores] = []
         for request in requests:
-            pairs = [encode_pair(self.encode, request.context, c) for c in request.continuations]
-            scores: list[float] = [0.0] * len(pairs)
-            scored = [i for i, (_, cont) in enumerate(pairs) if cont]
-            if scored:
-                sequences = [self._with_prefix(pairs[i][0]) + pairs[i][1] for i in scored]
-                width = max(map(len, sequences))
-                if self.max_length is not None and width > self.max_length:
-                    raise BackendError(f"hf:{self.spec}: a context and continuation of {width} tokens exceed the "
-                                       f"model's {self.max_length} positions (task {request.task_id})")
-                ids = torch.zeros(len(sequences), width, dtype=torch.long)
-                for row, seq in enumerate(sequences):
-                    ids[row, : len(seq)] = torch.tensor(seq)
-                # Logits only from the first position that predicts a continuation token (vocab x context
-                # floats per row are the bulk of the memory otherwise).
-                first = min(len(seq) - len(pairs[i][1]) - 1 for seq, i in zip(sequences, scored, strict=True))
-                kwargs = {"logits_to_keep": width - first} if self._logits_to_keep else {}
-                logits = self.model(input_ids=ids.to(self.model.device), **kwargs).logits
-                offset = width - logits.shape[1]
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                for row, i in enumerate(scored):
-                    n = len(sequences[row])
-                    cont = torch.tensor(pairs[i][1], device=logp.device)
-                    positions = torch.arange(n - len(cont) - 1 - offset, n - 1 - offset, device=logp.device)
-                    scores[i] = float(logp[row, positions, cont].sum())
-            results.append(scores)
+            pairs = [self.split_pair(request.context, c) for c in request.continuations]
+            # All continuations share the context's encoding (it does not depend on the continuation).
+            context_ids = pairs[0][0] if pairs else []
+            try:
+                scored = self.score_tokens(context_ids, [ids for _, ids in pairs])
+            except BackendError as e:
+                raise BackendError(f"{e} (task {request.task_id})") from None
+            results.append([logp for logp, _ in scored])
+        return results
+
+    # ------------------------------------------------------------------------------------------ tokens
+
+    def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        context_ids, continuation_ids = encode_pair(self.encode, context, continuation)
+        return self._with_prefix(context_ids), continuation_ids
+
+    def document_ids(self, text: str) -> tuple[int, list[int]]:
+        return self._with_prefix([])[0], list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @torch.inference_mode()
+    def score_tokens(self, context_ids: Sequence[int],
+                     continuations: Sequence[Sequence[int]]) -> list[tuple[float, bool]]:
+        """All continuations go through the model together, each after the context, right-padded: a causal
+        model's output at a position depends only on the tokens before it, so padding after the scored tokens
+        changes nothing."""
+        results = [(0.0, True)] * len(continuations)
+        scored = [i for i, cont in enumerate(continuations) if cont]
+        if not scored:
+            return results
+        sequences = [[*context_ids, *continuations[i]] for i in scored]
+        width = max(map(len, sequences))
+        if self.max_length is not None and width > self.max_length:
+            raise BackendError(f"hf:{self.spec}: a context and continuation of {width} tokens exceed the model's "
+                               f"{self.max_length} positions")
+        ids = torch.zeros(len(sequences), width, dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.tensor(seq)
+        # Logits only from the first position that predicts a continuation token (vocab x context floats per
+        # row are the bulk of the memory otherwise).
+        first = len(context_ids) - 1
+        kwargs = {"logits_to_keep": width - first} if self._logits_to_keep else {}
+        logits = self.model(input_ids=ids.to(self.model.device), **kwargs).logits.float()
+        offset = width - logits.shape[1]
+        logp = torch.log_softmax(logits, dim=-1)
+        for row, i in enumerate(scored):
+            cont = torch.tensor(list(continuations[i]), device=logp.device)
+            positions = torch.arange(first - offset, first - offset + len(cont), device=logp.device)
+            greedy = bool((logits[row, positions].argmax(-1) == cont).all())
+            results[i] = (float(logp[row, positions, cont].sum()), greedy)
         return results
 
     def _with_prefix(self, context_ids: list[int]) -> list[int]:

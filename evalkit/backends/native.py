@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from evalkit.backends.base import Backend, BackendError
+from evalkit.backends.base import Backend, BackendError, TokenScorer
 from evalkit.backends.mistral_tokenizers import MistralTokenizerFile, native_tokenizer
 from evalkit.chat import ChatFormat, mistral_chat_format
 from evalkit.models import load_model, model_arch
 from evalkit.models.checkpoint import CheckpointError, config_hash, read_config
-from evalkit.models.generate import GenerationJob, generate_batch, score_continuations
+from evalkit.models.generate import GenerationJob, generate_batch, score_continuations, score_tokens
 from evalkit.models.registry import registered, resolve_checkpoint
 from evalkit.models.tokenizer import MistralTokenizer, tokenizer_for_vocab
 from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores, sample_seed
@@ -59,7 +59,7 @@ def encode_pair(tokenizer: MistralTokenizer, context: str, continuation: str) ->
     return context_ids, whole[len(context_ids) :]
 
 
-class NativeBackend(Backend):
+class NativeBackend(Backend, TokenScorer):
     """Generation and log-likelihood with an in-repo model and the real Mistral tokenizer."""
 
     name = "native"
@@ -168,6 +168,18 @@ class NativeBackend(Backend):
             context_ids = pairs[0][0] if pairs else self.tokenizer.encode(request.context)
             results.append(score_continuations(self.model, context_ids, [ids for _, ids in pairs]))
         return results
+
+    def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context == "":
+            return [self.tokenizer.bos_id], self.tokenizer.encode(continuation, bos=False)
+        return encode_pair(self.tokenizer, context, continuation)
+
+    def document_ids(self, text: str) -> tuple[int, list[int]]:
+        return self.tokenizer.bos_id, self.tokenizer.encode(text, bos=False)
+
+    def score_tokens(self, context_ids: Sequence[int],
+                     continuations: Sequence[Sequence[int]]) -> list[tuple[float, bool]]:
+        return score_tokens(self.model, context_ids, continuations, self.batch_size)
 
     def describe(self) -> dict:
         weight = next(self.model.parameters())
