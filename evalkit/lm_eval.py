@@ -10,9 +10,9 @@
   process (native models and `hf:` checkpoints, `TokenScorer`) the continuation's tokens are scored one by one
   and is_greedy says each was the argmax; the context and continuation are split into tokens as lm-eval's
   TemplateLM does (trailing context spaces move to the continuation, an empty context is the prefix token
-  alone). A server (`openai:`) gives the sum through `Backend.loglikelihood`, and is_greedy is whether a
-  greedy generation from the context starts with the continuation's text (one extra generation per distinct
-  context).
+  alone). A server (`openai:`) gives the sum through `GreedyScorer.loglikelihood_greedy`, and is_greedy from its
+  echoed top log-probabilities; a backend that cannot say gets is_greedy from whether a greedy generation from
+  the context starts with the continuation's text (one extra generation per distinct context).
 - `loglikelihood_rolling` (text,) -> log p of the whole text in lm-eval's disjoint windows of `max_length`
   tokens, each token predicted once, the first window conditioned on the prefix token (token scorers only).
 - `generate_until` (context, gen_kwargs) -> the continuation cut at the first `until` string, honouring
@@ -40,7 +40,7 @@ from typing import Any
 from tqdm import tqdm
 
 from evalkit.backends import Backend, backend_class, resolve_backend
-from evalkit.backends.base import TokenScorer
+from evalkit.backends.base import GreedyScorer, TokenScorer
 from evalkit.errors import EvalkitError
 from evalkit.requests import ChatMessage, Failure, GenerationRequest, LoglikelihoodRequest, SamplingParams
 from evalkit.sanitize import truncate_at_stop
@@ -212,8 +212,8 @@ class EvalkitLM(LM):
         return results
 
     def _text_loglikelihood(self, requests: list[Instance], disable_tqdm: bool) -> list[tuple[float, bool]]:
-        """Any other backend: the sum from Backend.loglikelihood; is_greedy from one greedy generation per
-        context."""
+        """Any other backend: the sum from Backend.loglikelihood. is_greedy from the server's top log-probabilities
+        where it gives them (`GreedyScorer`), else from one greedy generation per context."""
         contexts: dict[str, tuple[str, list[str]]] = {}  # context -> (task id, distinct continuations)
         for req in requests:
             context, continuation = req.args
@@ -224,28 +224,36 @@ class EvalkitLM(LM):
             if continuation not in continuations:
                 continuations.append(continuation)
         items = list(contexts.items())
-        logp: dict[tuple[str, str], float] = {}
-        greedy_text: dict[str, str] = {}
+        scored: dict[tuple[str, str], tuple[float, bool | None]] = {}
         for start in tqdm(range(0, len(items), self.requests_per_call), desc="evalkit loglikelihood",
                           disable=disable_tqdm):
             chunk = items[start : start + self.requests_per_call]
-            scored = self.backend.loglikelihood(
-                [LoglikelihoodRequest(task_id, context, tuple(conts)) for context, (task_id, conts) in chunk]
-            )
+            asked = [LoglikelihoodRequest(task_id, context, tuple(conts)) for context, (task_id, conts) in chunk]
+            if isinstance(self.backend, GreedyScorer):
+                answers = self.backend.loglikelihood_greedy(asked)
+            else:
+                answers = [s if isinstance(s, Failure) else [(float(x), None) for x in s]
+                           for s in self.backend.loglikelihood(asked)]
+            for (context, (task_id, conts)), answer in zip(chunk, answers, strict=True):
+                if isinstance(answer, Failure):
+                    raise LmEvalError(f"{task_id}: the {self.backend.name} backend failed to score: {answer.error}")
+                scored.update({(context, c): (float(lp), g) for c, (lp, g) in zip(conts, answer, strict=True)})
+            unknown = [(context, (task_id, conts)) for context, (task_id, conts) in chunk
+                       if any(scored[(context, c)][1] is None for c in conts)]
+            if not unknown:
+                continue
             # A token is at least one byte of text, so this many tokens cover every continuation.
             generated = self.backend.generate(
                 [GenerationRequest(task_id, context, max_tokens=max(1, *(len(c.encode()) for c in conts)))
-                 for context, (task_id, conts) in chunk],
+                 for context, (task_id, conts) in unknown],
                 SamplingParams(n=1, temperature=0.0, seed=self.seed),
             )
-            for (context, (task_id, conts)), scores, samples in zip(chunk, scored, generated, strict=True):
-                if isinstance(scores, Failure):
-                    raise LmEvalError(f"{task_id}: the {self.backend.name} backend failed to score: {scores.error}")
+            for (context, (task_id, conts)), samples in zip(unknown, generated, strict=True):
                 if samples[0].error:
                     raise LmEvalError(f"{task_id}: the {self.backend.name} backend failed: {samples[0].error}")
-                greedy_text[context] = samples[0].text
-                logp.update({(context, c): float(s) for c, s in zip(conts, scores, strict=True)})
-        return [(logp[req.args], greedy_text[req.args[0]].startswith(req.args[1])) for req in requests]
+                for c in conts:
+                    scored[(context, c)] = (scored[(context, c)][0], samples[0].text.startswith(c))
+        return [(scored[req.args][0], bool(scored[req.args][1])) for req in requests]
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         scorer = self.backend

@@ -241,6 +241,42 @@ def test_hf_is_greedy_comes_from_its_token_scores(bridge, mistral_ckpt, greedy_p
     assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in expected], abs=ATOL)
 
 
+def test_a_server_gives_is_greedy_through_its_top_logprobs(bridge, mistral_ckpt, greedy_pairs):
+    """openai: to `evalkit serve` of the same checkpoint: is_greedy comes from the echoed top log-probabilities,
+    without a generation; a server that leaves them out gets the generation's answer. Both equal the native
+    bridge."""
+    from fault_proxy import FaultProxy
+
+    from evalkit.serve import build_engine, serving
+
+    expected = bridge.loglikelihood(instances(greedy_pairs))
+    engine = build_engine(str(mistral_ckpt), backend_options={"dtype": "float32", "device": "cpu"}, name="tiny")
+    try:
+        with serving(engine) as url, FaultProxy(url.removesuffix("/v1")) as proxy:
+            via_server = EvalkitLM(model=f"openai:{proxy.url}/v1")
+            got = via_server.loglikelihood(instances(greedy_pairs))
+            generations = [body for path, body, _ in proxy.forwarded
+                           if path == "/v1/completions" and not body.get("echo")]
+            assert [g for _, g in got] == [g for _, g in expected] and sum(g for _, g in got[:4]) >= 2
+            assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in expected], abs=ATOL)
+            assert generations == []
+
+            def without_tops(path: str, body: dict) -> dict:
+                for choice in body.get("choices") or []:
+                    if isinstance(choice.get("logprobs"), dict):
+                        choice["logprobs"]["top_logprobs"] = None
+                return body
+
+            proxy.rewrite = without_tops
+            proxy.forwarded.clear()
+            fallback = via_server.loglikelihood(instances(greedy_pairs))
+            assert [g for _, g in fallback] == [g for _, g in got]
+            assert [lp for lp, _ in fallback] == pytest.approx([lp for lp, _ in got], abs=ATOL)
+            assert any(not body.get("echo") for path, body, _ in proxy.forwarded if path == "/v1/completions")
+    finally:
+        engine.close()
+
+
 class TextOnly(Backend):
     """The native backend seen only through the Backend interface, as the openai: and hf: backends are."""
 

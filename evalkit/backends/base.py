@@ -8,9 +8,9 @@ from typing import ClassVar
 
 from evalkit.chat import ChatFormat
 from evalkit.errors import BackendError
-from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores
+from evalkit.requests import Completion, Failure, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores
 
-__all__ = ["Backend", "BackendError", "TokenScorer"]
+__all__ = ["Backend", "BackendError", "GreedyScorer", "TokenScorer"]
 
 
 class Backend(ABC):
@@ -74,6 +74,18 @@ class Backend(ABC):
     def close(self) -> None:
         """Release resources (processes, GPU memory, connections)."""
         return None
+
+
+class GreedyScorer(ABC):
+    """A backend whose log-likelihoods also say whether every continuation token was the most likely one (a
+    server's echoed top log-probabilities): the lm-eval bridge's is_greedy without an extra generation."""
+
+    @abstractmethod
+    def loglikelihood_greedy(
+        self, requests: Sequence[LoglikelihoodRequest]
+    ) -> list[list[tuple[float, bool | None]] | Failure]:
+        """For each request, (sum of log p, every token the argmax) per continuation, or a Failure; None where the
+        server did not say which tokens were the most likely."""
 
 
 class TokenScorer(ABC):

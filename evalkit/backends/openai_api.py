@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from evalkit.backends.base import Backend, BackendError
+from evalkit.backends.base import Backend, BackendError, GreedyScorer
 from evalkit.chat import ChatFormat, hf_chat_format, mistral_chat_format
 from evalkit.requests import (
     Completion,
@@ -61,6 +61,8 @@ TIMEOUT_PER_TOKEN_S = 0.25
 LOGLIKELIHOOD_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 10.0
 FINISH_REASONS = {"stop": "stop", "length": "length"}
+# A token's echoed log-probability and the same value among the top ones may differ in the last printed digits.
+GREEDY_TOLERANCE = 1e-6
 
 
 class _Refused(Exception):
@@ -156,7 +158,7 @@ def load_chat_format(name: str) -> ChatFormat:
     raise BackendError(f"unknown --chat-format {name!r}: mistral-v1, mistral-v3 or hf:PATH_OR_REPO")
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(Backend, GreedyScorer):
     """Generation through /v1/completions or /v1/chat/completions, log-likelihood through echoed logprobs."""
 
     name = "openai"
@@ -237,7 +239,13 @@ class OpenAIBackend(Backend):
             yield calls[k][0], dict(zip(calls[k][1], completions, strict=True))
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Scores]:
-        def one(request: LoglikelihoodRequest) -> Callable[[httpx.AsyncClient], Awaitable[Scores]]:
+        return [got if isinstance(got, Failure) else [logp for logp, _ in got]
+                for got in self.loglikelihood_greedy(requests)]
+
+    def loglikelihood_greedy(
+        self, requests: Sequence[LoglikelihoodRequest]
+    ) -> list[list[tuple[float, bool | None]] | Failure]:
+        def one(request: LoglikelihoodRequest) -> Callable[[httpx.AsyncClient], Awaitable]:
             return lambda client: self._loglikelihood_one(client, request)
 
         return self._run(self._gather([one(r) for r in requests]))
@@ -328,7 +336,8 @@ class OpenAIBackend(Backend):
                 out.append(Completion(cut, "stop" if cut != text else FINISH_REASONS.get(raw_finish), info=info))
         return out
 
-    async def _loglikelihood_one(self, client: httpx.AsyncClient, request: LoglikelihoodRequest) -> Scores:
+    async def _loglikelihood_one(self, client: httpx.AsyncClient,
+                                 request: LoglikelihoodRequest) -> list[tuple[float, bool | None]] | Failure:
         context = request.context.rstrip()  # trailing spaces belong to the continuation (encode_pair)
         wholes = [request.context + c for c in request.continuations]
         attempts = 0
@@ -363,22 +372,28 @@ class OpenAIBackend(Backend):
             if (answer.body.get("usage") or {}).get("completion_tokens"):
                 raise BackendError(f"{self.public_url}/completions generated tokens although max_tokens=0; "
                                    "log-likelihood scoring needs echo with max_tokens=0")
-            n_context, per_token = len(per_token[0]), per_token[1:]
-            lengths = [len(t) for t in per_token]
+            n_context, per_token = len(per_token[0][0]), per_token[1:]
+            lengths = [len(values) for values, _ in per_token]
         scores = []
-        for logprobs, n_whole in zip(per_token, lengths, strict=True):
+        for (logprobs, tops), n_whole in zip(per_token, lengths, strict=True):
             span = logprobs[n_context:n_whole]
             if len(logprobs) < n_whole or any(x is None for x in span):
                 raise BackendError(self._no_prompt_logprobs())
-            scores.append(float(sum(span)))
+            # a token is the argmax when no top alternative beats it; without the top lists nobody can tell
+            top_lists = tops[n_context:n_whole]
+            greedy = None if not all(isinstance(top, dict) and top for top in top_lists) else \
+                all(value >= max(top.values()) - GREEDY_TOLERANCE for value, top in zip(span, top_lists, strict=True))
+            scores.append((float(sum(span)), greedy))
         return scores
 
-    def _prompt_logprobs(self, choice: dict) -> list[float | None]:
+    def _prompt_logprobs(self, choice: dict) -> tuple[list[float | None], list[dict | None]]:
+        """The echoed prompt's token log-probabilities and, per token, the top alternatives' (logprobs=1)."""
         logprobs = choice.get("logprobs")
         values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
         if not isinstance(values, list):
             raise BackendError(self._no_prompt_logprobs())
-        return values
+        tops = logprobs.get("top_logprobs")
+        return values, tops if isinstance(tops, list) and len(tops) == len(values) else [None] * len(values)
 
     def _no_prompt_logprobs(self) -> str:
         return (f"the server at {self.public_url} did not return prompt log-probabilities: log-likelihood tasks "
