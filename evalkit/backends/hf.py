@@ -20,7 +20,6 @@ import inspect
 import os
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from evalkit.backends.mistral_tokenizers import mistral_tokenizer_file
 from evalkit.backends.native import parse_dtype
 from evalkit.chat import ChatFormat, hf_chat_format
 from evalkit.errors import ChatFormatError
+from evalkit.models.generate import GenerationJob, SampleRow, sample_tokens
 from evalkit.requests import Completion, GenerationRequest, LoglikelihoodRequest, SamplingParams, Scores, sample_seed
 from evalkit.sanitize import truncate_at_stop
 
@@ -123,26 +123,6 @@ def encode_pair(encode, context: str, continuation: str) -> tuple[list[int], lis
     whole = encode(context + continuation)
     context_ids = encode(context)
     return context_ids, whole[len(context_ids) :]
-
-
-@dataclass
-class _Job:
-    """One prompt to continue once per seed."""
-
-    prompt_ids: list[int]
-    max_new_tokens: int
-    seeds: list[int]
-    stop: tuple[str, ...]
-
-
-@dataclass
-class _Row:
-    job: int
-    sample: int
-    generator: torch.Generator
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    finish: str | None = None
 
 
 class HFBackend(Backend, TokenScorer):
@@ -287,21 +267,19 @@ class HFBackend(Backend, TokenScorer):
         return out.logits[:, -1].float(), Rows(new_cache, lengths)
 
     @torch.inference_mode()
-    def _generate(self, jobs: Sequence[_Job], temperature: float, top_p: float) -> list[list[_Row]]:
+    def _generate(self, jobs: Sequence[GenerationJob], temperature: float, top_p: float) -> list[list[SampleRow]]:
         """Every sample of every job, at most `batch_size` rows decoding together (the native scheme)."""
-        from evalkit.models.generate import sample_tokens
-
-        results: list[list[_Row | None]] = [[None] * len(job.seeds) for job in jobs]
+        results: list[list[SampleRow | None]] = [[None] * len(job.seeds) for job in jobs]
         waiting: deque[tuple[int, int]] = deque()
         for j, job in enumerate(jobs):
             for s in range(len(job.seeds)):
                 if job.max_new_tokens <= 0:
-                    results[j][s] = _Row(j, s, torch.Generator(), finish="length")
+                    results[j][s] = SampleRow(j, s, torch.Generator(), finish="length")
                 else:
                     waiting.append((j, s))
         prefilled: dict[int, tuple[Rows, torch.Tensor]] = {}
         left_to_admit = {j: len(job.seeds) for j, job in enumerate(jobs)}
-        rows: list[_Row] = []
+        rows: list[SampleRow] = []
         batch: Rows | None = None
         can_stack = True
 
@@ -313,20 +291,9 @@ class HFBackend(Backend, TokenScorer):
                 prefilled[j] = (one, logits)
             return prefilled[j]
 
-        def record(new_rows: list[_Row], tokens: torch.Tensor) -> None:
+        def record(new_rows: list[SampleRow], tokens: torch.Tensor) -> None:
             for row, token in zip(new_rows, tokens.tolist(), strict=True):
-                job = jobs[row.job]
-                if token in self.eos_ids:
-                    row.finish = "stop"
-                    continue
-                row.ids.append(token)
-                if job.stop:
-                    row.text = self.decode_continuation(job.prompt_ids, row.ids)
-                    if any(s and s in row.text for s in job.stop):
-                        row.finish = "stop"
-                        continue
-                if len(row.ids) >= job.max_new_tokens:
-                    row.finish = "length"
+                row.take(token, jobs[row.job], token in self.eos_ids, self.decode_continuation)
 
         def leave() -> None:
             nonlocal rows, batch
@@ -349,14 +316,14 @@ class HFBackend(Backend, TokenScorer):
                 admitted.append(waiting.popleft())
                 prefill(j)
             parts: list[tuple[Rows, list[int]]] = [(batch, list(range(len(rows))))] if batch is not None else []
-            new_rows: list[_Row] = []
+            new_rows: list[SampleRow] = []
             first_logits: list[torch.Tensor] = []
             for j in dict.fromkeys(j for j, _ in admitted):
                 samples = [s for jj, s in admitted if jj == j]
                 one, logits = prefilled[j]
                 parts.append((one, [0] * len(samples)))
                 first_logits.append(logits.expand(len(samples), -1))
-                new_rows += [_Row(j, s, torch.Generator().manual_seed(jobs[j].seeds[s])) for s in samples]
+                new_rows += [SampleRow(j, s, torch.Generator().manual_seed(jobs[j].seeds[s])) for s in samples]
                 left_to_admit[j] -= len(samples)
                 if left_to_admit[j] == 0:
                     del prefilled[j]
@@ -380,7 +347,7 @@ class HFBackend(Backend, TokenScorer):
         greedy = sampling.temperature <= 0.0
         prompts = [self._prompt(r) for r in requests]
         jobs = [
-            _Job(prompt_ids=ids, max_new_tokens=self._room(len(ids), r.max_tokens), stop=tuple(r.stop),
+            GenerationJob(prompt_ids=ids, max_new_tokens=self._room(len(ids), r.max_tokens), stop=tuple(r.stop),
                  # Greedy samples are all the same sequence: generate it once and repeat it.
                  seeds=[sample_seed(sampling.seed, r.task_id, i)
                         for i in (r.sample_indices[:1] if greedy else r.sample_indices)])
@@ -395,7 +362,9 @@ class HFBackend(Backend, TokenScorer):
                 info = {**info, "context_limit": self.max_length}
             for row in samples:
                 text = row.text if job.stop and row.ids else self.decode_continuation(job.prompt_ids, row.ids)
-                texts.append(Completion(truncate_at_stop(text, request.stop), finish_reason=row.finish,
+                # an end-of-sequence token is a "stop", as OpenAI-compatible servers say
+                finish = "stop" if row.finish == "eos" else row.finish
+                texts.append(Completion(truncate_at_stop(text, request.stop), finish_reason=finish,
                                         info={**info, "prompt_tokens": len(job.prompt_ids),
                                               "completion_tokens": len(row.ids)}))
             out.append(texts * len(request.sample_indices) if greedy else texts)

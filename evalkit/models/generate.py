@@ -220,7 +220,7 @@ def generate_batch(
 
 
 @dataclass
-class _Row:
+class SampleRow:
     """A running sample: which job and seed, its generator and what it has generated so far."""
 
     job: int
@@ -228,7 +228,23 @@ class _Row:
     generator: torch.Generator
     ids: list[int] = field(default_factory=list)
     text: str = ""
-    finish: str | None = None
+    finish: str | None = None  # "eos", "stop" (a stop string) or "length" once it is finished
+
+    def take(self, token: int, job: GenerationJob, is_eos: bool,
+             decode: Callable[[Sequence[int], Sequence[int]], str]) -> None:
+        """Append the sampled `token` (unless it ends the sequence) and decide whether the sample is finished;
+        `decode(prompt_ids, new_ids)` is the new text as it reads after the prompt."""
+        if is_eos:
+            self.finish = "eos"
+            return
+        self.ids.append(token)
+        if job.stop:
+            self.text = decode(job.prompt_ids, self.ids)
+            if any(s and s in self.text for s in job.stop):
+                self.finish = "stop"
+                return
+        if len(self.ids) >= job.max_new_tokens:
+            self.finish = "length"
 
 
 def prefill(model: CachedLM, prompt_ids: Sequence[int]) -> tuple[Cache, Tensor]:
@@ -274,7 +290,7 @@ class BatchGenerator:
                     self.waiting.append((j, s))
         self.prefilled: dict[int, tuple[Cache, Tensor]] = {}  # job -> its prompt's cache and logits
         self.unadmitted = {j: len(job.seeds) for j, job in enumerate(jobs)}  # samples left to admit
-        self.rows: list[_Row] = []
+        self.rows: list[SampleRow] = []
         # Rows for the samples that can run at once, each with room for every position a sample reaches:
         # the cache is allocated once and never moves.
         slots = max(1, min(batch_size, len(self.waiting)))
@@ -316,7 +332,7 @@ class BatchGenerator:
             cache, last = self.prefilled[j]
             self.cache.assign(torch.tensor([len(self.rows)], device=self.model.device), cache)
             logits.append(last)
-            self.rows.append(_Row(j, s, torch.Generator().manual_seed(self.jobs[j].seeds[s])))
+            self.rows.append(SampleRow(j, s, torch.Generator().manual_seed(self.jobs[j].seeds[s])))
             self.unadmitted[j] -= 1
             if self.unadmitted[j] == 0:
                 del self.prefilled[j]
@@ -327,24 +343,13 @@ class BatchGenerator:
             self.record(new, tokens.tolist())
             self.retire()
 
-    def sample(self, logits: Tensor, rows: list[_Row]) -> Tensor:
+    def sample(self, logits: Tensor, rows: list[SampleRow]) -> Tensor:
         return sample_tokens(logits, self.temperature, self.top_p, [row.generator for row in rows])
 
-    def record(self, rows: list[_Row], tokens: list[int]) -> None:
+    def record(self, rows: list[SampleRow], tokens: list[int]) -> None:
         """Append each row's new token and decide whether the row is finished."""
         for row, token in zip(rows, tokens, strict=True):
-            job = self.jobs[row.job]
-            if token == self.eos_id:
-                row.finish = "eos"
-                continue
-            row.ids.append(token)
-            if job.stop:
-                row.text = self.decode(job.prompt_ids, row.ids)
-                if any(s and s in row.text for s in job.stop):
-                    row.finish = "stop"
-                    continue
-            if len(row.ids) >= job.max_new_tokens:
-                row.finish = "length"
+            row.take(token, self.jobs[row.job], token == self.eos_id, self.decode)
 
     def retire(self) -> None:
         """Finished rows leave with their results; the running rows after them move up to close the gaps."""
