@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from evalkit.backends.mistral_tokenizers import write_autotokenizer_files
 from evalkit.data import DataConfig
 from evalkit.sanitize import truncate_at_stop
 from evalkit.tasks import get_task
@@ -61,15 +62,6 @@ FULL = {"humaneval": 40, "mmlu": 200, "gsm8k": 20, "max_tokens": 64}
 # --- checkpoints -------------------------------------------------------------------------------------------
 
 
-def write_tokenizer(directory: Path) -> None:
-    """Mistral's v3 SentencePiece model from the mistral-common wheel, loadable by AutoTokenizer."""
-    import mistral_common
-
-    source = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
-    shutil.copy(source, directory / "tokenizer.model.v3")
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "MistralCommonBackend"}))
-
-
 def write_mamba2(directory: Path) -> None:
     """Weights far from the (too regular) initial values, so that outputs depend on the whole prompt."""
     import transformers
@@ -90,7 +82,7 @@ def write_mamba2(directory: Path) -> None:
             elif p.dim() == 2:
                 p.normal_(0.0, 0.15)
     model.save_pretrained(directory)
-    write_tokenizer(directory)
+    write_autotokenizer_files(directory)
 
 
 def write_mistral(directory: Path) -> None:
@@ -109,7 +101,7 @@ def write_mistral(directory: Path) -> None:
             else:
                 p.uniform_(0.5, 1.5)
     model.save_pretrained(directory)
-    write_tokenizer(directory)
+    write_autotokenizer_files(directory)
 
 
 CHECKPOINTS = {"mamba2": write_mamba2, "mistral": write_mistral}

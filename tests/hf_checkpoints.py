@@ -12,7 +12,6 @@ greedy choices are clear and sampling is not uniform.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,17 +19,9 @@ import torch
 import transformers
 from mamba2_checkpoints import oracle, save_hf
 
-from evalkit.backends.mistral_tokenizers import shipped_file
+from evalkit.backends.mistral_tokenizers import shipped_file, write_autotokenizer_files
 
 WINDOW = 16  # shorter than most test prompts plus their completions
-
-
-def add_mistral_tokenizer(directory: Path, version: str = "v3") -> Path:
-    """The tokenizer file mistral-common ships, with the config that makes AutoTokenizer load it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shipped_file(version), directory)
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "MistralCommonBackend"}))
-    return directory
 
 
 def _spread(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -53,13 +44,13 @@ def tiny_mistral(directory: Path, seed: int = 0) -> Path:
         num_key_value_heads=2, sliding_window=WINDOW, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     )
     _spread(transformers.MistralForCausalLM(cfg), seed).save_pretrained(directory)
-    return add_mistral_tokenizer(directory)
+    return write_autotokenizer_files(directory)
 
 
 def tiny_mamba2(directory: Path, seed: int = 5) -> Path:
     """Mamba2ForCausalLM (the Codestral Mamba layout, shrunk), v3 vocabulary and tokenizer."""
     save_hf(oracle(seed=seed), directory)
-    return add_mistral_tokenizer(directory)
+    return write_autotokenizer_files(directory)
 
 
 def sentencepiece_tokenizer(directory: Path) -> transformers.PreTrainedTokenizerBase:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -176,12 +175,11 @@ def test_hf_describe_hashes_the_template():
 def test_hf_mistral_common_tokenizer_renders_with_mistral_common(tmp_path: Path):
     """A checkpoint folder whose tokenizer is mistral-common's (MistralCommonBackend) has no template by design:
     it renders exactly as mistral-common does."""
-    import mistral_common
     from transformers import AutoTokenizer
 
-    shipped = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
-    shutil.copy(shipped, tmp_path / "tokenizer.model.v3")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "MistralCommonBackend"}))
+    from evalkit.backends.mistral_tokenizers import write_autotokenizer_files
+
+    write_autotokenizer_files(tmp_path)
     fmt = hf_chat_format(AutoTokenizer.from_pretrained(tmp_path))
     messages = CONVERSATIONS["system and few-shot"]
     assert list(fmt.render(messages, PREFIX).ids) == mistral_common_ids(MistralTokenizer.v3(), messages, PREFIX)

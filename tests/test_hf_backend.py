@@ -25,6 +25,7 @@ from hf_checkpoints import WINDOW  # noqa: E402
 
 from evalkit.backends import BackendError, backend_class, hf_cache, resolve_backend  # noqa: E402
 from evalkit.backends.hf import HFBackend, resolve_hf_checkpoint  # noqa: E402
+from evalkit.backends.mistral_tokenizers import write_autotokenizer_files  # noqa: E402
 from evalkit.backends.native import NativeBackend  # noqa: E402
 from evalkit.requests import ChatMessage, GenerationRequest, LoglikelihoodRequest, SamplingParams  # noqa: E402
 
@@ -169,7 +170,7 @@ def test_remote_code_does_not_run_unless_trusted(tmp_path):
         "model_type": "evil", "architectures": ["EvilForCausalLM"],
         "auto_map": {"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"},
     }))
-    hf_checkpoints.add_mistral_tokenizer(ckpt)
+    write_autotokenizer_files(ckpt)
     with pytest.raises(BackendError, match="--trust-remote-code"):
         resolve_backend(f"hf:{ckpt}", device="cpu")
     assert not marker.exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from evalkit.backends.base import Backend  # noqa: E402
+from evalkit.backends.mistral_tokenizers import write_autotokenizer_files  # noqa: E402
 from evalkit.cli import app  # noqa: E402
 from evalkit.lm_eval import EvalkitLM, LmEvalError, lm_eval_argv  # noqa: E402
 from evalkit.requests import Completion, GenerationRequest, SamplingParams  # noqa: E402
@@ -35,15 +35,6 @@ TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 MAX_LENGTH = 16  # tokens per perplexity window: every document spans two windows or more
 ATOL = 1e-4
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_tokenizer(directory: Path) -> None:
-    """Mistral's v3 SentencePiece model as mistral-common ships it, loadable by AutoTokenizer."""
-    import mistral_common
-
-    source = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
-    shutil.copy(source, directory / "tokenizer.model.v3")
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "MistralCommonBackend"}))
 
 
 def tiny_mistral(directory: Path) -> Path:
@@ -60,7 +51,7 @@ def tiny_mistral(directory: Path) -> Path:
             else:
                 p.uniform_(0.5, 1.5)
     model.save_pretrained(directory)
-    write_tokenizer(directory)
+    write_autotokenizer_files(directory)
     return directory
 
 
@@ -68,7 +59,7 @@ def tiny_mamba2(directory: Path) -> Path:
     from mamba2_checkpoints import oracle, save_hf
 
     save_hf(oracle(seed=0, hidden_size=64), directory)
-    write_tokenizer(directory)
+    write_autotokenizer_files(directory)
     return directory
 
 

@@ -7,6 +7,8 @@ when mistral-common itself would take it (`tekken.json`, `*.model.vN`, `*.model`
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +28,18 @@ def shipped_file(version: str) -> Path:
     import mistral_common
 
     return Path(mistral_common.__file__).parent / "data" / SHIPPED[version]
+
+
+def write_autotokenizer_files(directory: Path, version: str = "v3") -> Path:
+    """Put the tokenizer file mistral-common ships for `version` into a checkpoint folder, with the
+    tokenizer_config.json that makes transformers' AutoTokenizer load it as MistralCommonBackend: transformers,
+    lm-eval's `hf` model and `--model hf:` then tokenize exactly as mistral-common does."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    source = shipped_file(version)
+    shutil.copy(source, directory)
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "MistralCommonBackend"}))
+    return directory
 
 
 def _valid(files: list[Path]) -> Path | None:
